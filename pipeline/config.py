@@ -1,0 +1,173 @@
+"""One YAML config for every stage: typed, documented, validated on load, overridable.
+
+The defaults live in the dataclasses below (each field carries its own doc string), so
+`invoke config` can print a complete, commented YAML file. A user file only needs the
+fields it changes; `--set section.field=value` overrides win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the field."""
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A dataclass field with a doc string (shown by `invoke config`)."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"doc": text}, **kwargs)
+    return field(default=default, metadata={"doc": text}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    source: str = doc(
+        "Checkpoint to start from: a preset built locally on first use ('tiny' or '1b'), "
+        "a local checkpoint directory, or a Hugging Face repo id such as "
+        "'kyutai/stt-1b-en_fr-candle' (needs network access).",
+        "tiny",
+    )
+    revision: str | None = doc("Hub revision (branch, tag or commit) for repo ids.", None)
+
+
+@dataclass
+class CheckpointConfig:
+    seed: int = doc("Seed for the random weights, codebooks and tokenizer of presets.", 0)
+
+
+@dataclass
+class VerifyConfig:
+    lm_dtype: str = doc(
+        "dtype the LM weights of a shipped checkpoint must have ('bf16' like Kyutai's files, "
+        "'f32' or 'f16').",
+        "bf16",
+    )
+
+
+@dataclass
+class Config:
+    artifacts: str = doc("Folder for every output: checkpoints, datasets, runs, reports.", "artifacts")
+    model: ModelConfig = doc("The model every stage works on.", default_factory=ModelConfig)
+    checkpoint: CheckpointConfig = doc(
+        "Building preset checkpoints (`invoke checkpoint`).", default_factory=CheckpointConfig
+    )
+    verify: VerifyConfig = doc(
+        "Checks in Kyutai's Rust runtime (`invoke verify-candle`).", default_factory=VerifyConfig
+    )
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return Path(self.artifacts)
+
+
+_DTYPES = ("bf16", "f16", "f32")
+
+
+def _validate(cfg: Config, where: str) -> None:
+    """Checks beyond types: one line per problem, naming the field."""
+    if cfg.verify.lm_dtype not in _DTYPES:
+        raise ConfigError(f"{where}: verify.lm_dtype must be one of {_DTYPES}, got {cfg.verify.lm_dtype!r}")
+    if not cfg.model.source:
+        raise ConfigError(f"{where}: model.source is empty; give a preset, a directory or a repo id")
+
+
+def _check_type(value: Any, hint: Any, name: str, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(h for h in options if h is not type(None))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
+    if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        raise ConfigError(f"{where}: {name} must be a {hint.__name__}, got {value!r}")
+    if typing.get_origin(hint) is list and not isinstance(value, list):
+        raise ConfigError(f"{where}: {name} must be a list, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {prefix}{unknown[0]!s} (known in this section: {', '.join(known)})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.", where)
+        else:
+            kwargs[name] = _check_type(value, hint, f"{prefix}{name}", where)
+    return cls(**kwargs)
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected section.field=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {override!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults), apply `section.field=value` overrides, validate."""
+    where = str(path) if path else "defaults"
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found; pass an existing YAML file or omit it")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+    for override in overrides:
+        _apply_override(data, override)
+        where = f"{where} + --set"
+    cfg = _build(Config, data, "", where)
+    _validate(cfg, where)
+    return cfg
+
+
+def render_config(cfg: Config | None = None) -> str:
+    """The config as YAML, every field preceded by its documentation."""
+    cfg = cfg or Config()
+    lines = ["# stt-numerals configuration: every stage reads this file.",
+             "# Override any field on the command line: invoke <task> --set section.field=value", ""]
+
+    def emit(obj: Any, indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            lines.append(f"{indent}# {f.metadata.get('doc', '')}")
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:")
+                emit(value, indent + "  ")
+            else:
+                rendered = yaml.safe_dump(value, default_flow_style=True).strip()
+                rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
+                lines.append(f"{indent}{f.name}: {rendered}")
+
+    emit(cfg, "")
+    return "\n".join(lines) + "\n"

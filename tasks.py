@@ -1,0 +1,170 @@
+"""stt-numerals tasks: data -> train -> merge -> export -> verify-candle -> eval.
+
+Every task takes `--config FILE` (YAML, see `invoke config`) and any number of
+`--set section.field=value` overrides. This file only parses options and wires stages together;
+the work happens in `pipeline/`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from invoke import Exit, task
+
+from pipeline.config import ConfigError, load_config, render_config
+
+HELP = {
+    "config": "YAML config file (default: built-in defaults; see `invoke config`)",
+    "set": "override a config field, e.g. --set model.source=1b (repeatable)",
+    "model": "shortcut for --set model.source=...: preset (tiny, 1b), directory or hub repo id",
+}
+COMMON = {"iterable": ["set_"], "help": HELP}
+
+
+def _config(config: str | None, set_: list[str], model: str | None = None):
+    overrides = list(set_) + ([f"model.source={model}"] if model else [])
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+
+
+def _run_stage(fn, *args, **kwargs):
+    """Run a stage; known user errors become one line and exit code 2, not a traceback."""
+    from pipeline.models import ModelError
+    from pipeline.verify import VerificationFailed
+
+    try:
+        return fn(*args, **kwargs)
+    except (ModelError, ConfigError, ValueError) as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    except VerificationFailed as exc:
+        raise Exit(str(exc), code=1) from None
+
+
+def _model_dir(cfg):
+    from pipeline.models import resolve_model
+
+    return _run_stage(resolve_model, cfg.model.source, cfg.artifacts_dir, cfg.model.revision, cfg.checkpoint.seed)
+
+
+def _pending(stage: str, issue: int) -> None:
+    raise Exit(f"`invoke {stage}` is not built yet: it arrives with issue #{issue}. Nothing was run.", code=3)
+
+
+@task(help={"out": "write the documented config to this file instead of printing it", **HELP}, iterable=["set_"])
+def config(c, config=None, set_=None, out=None):
+    """Print the full config with every field documented (or write it to --out)."""
+    text = render_config(_config(config, set_ or []))
+    if out:
+        with open(out, "w") as fh:
+            fh.write(text)
+        print(f"wrote {out}")
+    else:
+        print(text, end="")
+
+
+@task(help={"preset": "tiny (seconds, tests) or 1b (real stt-1b-en_fr shapes, random bf16 weights)",
+            "out": "output directory (default: <artifacts>/checkpoints/<preset>)",
+            "seed": "seed for the random weights (default: checkpoint.seed)", **HELP}, iterable=["set_"])
+def checkpoint(c, preset="tiny", out=None, seed=None, config=None, set_=None):
+    """Build a checkpoint in the layout of kyutai/stt-1b-en_fr-candle (config, LM, Mimi, tokenizer)."""
+    import time
+
+    from pipeline.checkpoint import make_checkpoint
+    from pipeline.models import preset_dir
+
+    cfg = _config(config, set_ or [])
+    out = out or preset_dir(cfg.artifacts_dir, preset)
+    start = time.perf_counter()
+    path = _run_stage(make_checkpoint, preset, out, seed=cfg.checkpoint.seed if seed is None else int(seed))
+    print(f"wrote the '{preset}' checkpoint to {path} in {time.perf_counter() - start:.1f} s")
+
+
+@task(**COMMON)
+def data(c, config=None, set_=None, model=None):
+    """Build the training/eval dataset (number prompts, TTS, word timings). [issue #3]"""
+    _pending("data", 3)
+
+
+@task(**COMMON)
+def record(c, config=None, set_=None, model=None):
+    """Record your own voice reading the prompts. [issue #3]"""
+    _pending("record", 3)
+
+
+@task(**COMMON)
+def train(c, config=None, set_=None, model=None):
+    """LoRA fine-tune the STT model so digit sequences come out as words. [issue #4]"""
+    _pending("train", 4)
+
+
+@task(**COMMON)
+def merge(c, config=None, set_=None, model=None):
+    """Merge a trained LoRA into bf16 weights. [issue #5]"""
+    _pending("merge", 5)
+
+
+@task(**COMMON)
+def export(c, config=None, set_=None, model=None):
+    """Export a merged model for Kyutai's Rust runtime (moshi-server). [issue #5]"""
+    _pending("export", 5)
+
+
+@task(name="eval", **COMMON)
+def eval_(c, config=None, set_=None, model=None):
+    """A/B report of base vs fine-tuned: digit form, WER, premature VAD cut-offs. [issue #6]"""
+    _pending("eval", 6)
+
+
+@task(**COMMON)
+def bench(c, config=None, set_=None, model=None):
+    """Benchmarks at the 1B shape against the moshi-module peer. [issue #8]"""
+    _pending("bench", 8)
+
+
+@task(name="verify-candle", **COMMON)
+def verify_candle(c, config=None, set_=None, model=None):
+    """Load the model in Kyutai's Rust runtime and report tensor names, shapes and dtypes."""
+    from pipeline.verify import verify_candle as run
+
+    cfg = _config(config, set_ or [], model)
+    _run_stage(run, _model_dir(cfg), cfg.verify.lm_dtype)
+
+
+@task(name="load-check", **COMMON)
+def load_check(c, config=None, set_=None, model=None):
+    """Load the model in PyTorch (moshi loaders) and in Candle; print time and peak RAM of each."""
+    from pipeline.verify import measure_loads
+
+    cfg = _config(config, set_ or [], model)
+    ckpt = _model_dir(cfg)
+    for r in _run_stage(measure_loads, ckpt):
+        params = f", {r['lm_params'] / 1e6:.1f} M LM parameters" if r["lm_params"] else ""
+        print(f"{r['runtime']:>6}: loaded {ckpt} in {r['seconds']:.2f} s, peak RAM {r['peak_rss_mib']} MiB{params}")
+
+
+@task(name="all", **COMMON)
+def all_(c, config=None, set_=None, model=None):
+    """The whole pipeline on the configured model (default: the tiny checkpoint, offline)."""
+    from pipeline.models import load_lm
+    from pipeline.verify import verify_candle as run
+
+    cfg = _config(config, set_ or [], model)
+    ckpt = _model_dir(cfg)
+    lm = _run_stage(load_lm, ckpt)
+    print(f"PyTorch (moshi loaders): {ckpt} loaded strictly, {sum(p.numel() for p in lm.parameters()):,} LM parameters")
+    _run_stage(run, ckpt, cfg.verify.lm_dtype)
+    print("Not built yet, skipped: data (#3), train (#4), merge and export (#5), eval (#6).")
+
+
+@task(help={"k": "only run tests matching this pytest expression"})
+def test(c, k=None):
+    """Every test: pytest (Python stages, Candle bridge from Python) and cargo test (Rust loader)."""
+    pytest = [sys.executable, "-m", "pytest", "-q"] + (["-k", k] if k else [])
+    for cmd in (pytest, ["cargo", "test", "--quiet", "--workspace"]):
+        print("+", " ".join(cmd), flush=True)
+        if subprocess.run(cmd, env=os.environ).returncode != 0:
+            raise Exit(f"failed: {' '.join(cmd)}", code=1)

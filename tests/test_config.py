@@ -1,0 +1,51 @@
+import pytest
+import yaml
+
+from pipeline.config import Config, ConfigError, load_config, render_config
+
+
+def test_defaults_are_the_tiny_model_offline():
+    cfg = load_config()
+    assert cfg.model.source == "tiny"
+    assert cfg.verify.lm_dtype == "bf16"
+
+
+def test_file_and_overrides_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  source: 1b\ncheckpoint:\n  seed: 3\n")
+    cfg = load_config(path, ["checkpoint.seed=7", "artifacts=/tmp/x"])
+    assert cfg.model.source == "1b"
+    assert cfg.checkpoint.seed == 7 and isinstance(cfg.checkpoint.seed, int)
+    assert str(cfg.artifacts_dir) == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("model:\n  sorce: x\n", [], "unknown field model.sorce"),
+        ("", ["checkpoint.seed=abc"], "checkpoint.seed must be a int"),
+        ("", ["verify.lm_dtype=f64"], "verify.lm_dtype must be one of"),
+        ("model: [1, 2]\n", [], "model must be a mapping"),
+        ("model: {source: tiny\n", [], "not valid YAML"),
+        ("", ["checkpoint.seed"], "expected section.field=value"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, text, overrides, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, overrides)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_rendered_config_is_documented_and_loads_back(tmp_path):
+    text = render_config()
+    assert "# Checkpoint to start from" in text
+    path = tmp_path / "full.yaml"
+    path.write_text(text)
+    assert load_config(path) == Config()
+    assert yaml.safe_load(text)["model"]["source"] == "tiny"
