@@ -18,9 +18,9 @@ from pipeline.config import ConfigError, load_config, render_config
 HELP = {
     "config": "YAML config file (default: built-in defaults; see `invoke config`)",
     "set": "override a config field, e.g. --set model.source=1b (repeatable)",
-    "model": "shortcut for --set model.source=...: preset (tiny, 1b), directory or hub repo id",
 }
-COMMON = {"iterable": ["set_"], "help": HELP}
+MODEL_HELP = {"model": "shortcut for --set model.source=...: preset (tiny, 1b), directory or hub repo id"}
+COMMON = {"iterable": ["set_"], "help": {**HELP, **MODEL_HELP}}
 
 
 def _config(config: str | None, set_: list[str], model: str | None = None):

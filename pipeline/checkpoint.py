@@ -261,6 +261,7 @@ def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Pat
     preset, out_dir = PRESETS[preset_name], Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
     try:
         config = lm_config(preset, preset_name, seed)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

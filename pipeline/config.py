@@ -54,12 +54,26 @@ class VerifyConfig:
 
 
 @dataclass
+class DataConfig:
+    out: str = doc("Dataset folder written by `invoke data` (relative paths are under `artifacts`).", "data")
+    seed: int = doc("Seed for prompts, voices, silences and the train/eval split.", 0)
+
+
+@dataclass
+class TrainConfig:
+    out: str = doc("Run folder written by `invoke train` (relative paths are under `artifacts`).", "runs/train")
+    seed: int = doc("Seed for LoRA initialisation and batch order.", 0)
+
+
+@dataclass
 class Config:
     artifacts: str = doc("Folder for every output: checkpoints, datasets, runs, reports.", "artifacts")
     model: ModelConfig = doc("The model every stage works on.", default_factory=ModelConfig)
     checkpoint: CheckpointConfig = doc(
         "Building preset checkpoints (`invoke checkpoint`).", default_factory=CheckpointConfig
     )
+    data: DataConfig = doc("Building the dataset (`invoke data`).", default_factory=DataConfig)
+    train: TrainConfig = doc("LoRA fine-tuning (`invoke train`).", default_factory=TrainConfig)
     verify: VerifyConfig = doc(
         "Checks in Kyutai's Rust runtime (`invoke verify-candle`).", default_factory=VerifyConfig
     )
@@ -67,6 +81,10 @@ class Config:
     @property
     def artifacts_dir(self) -> Path:
         return Path(self.artifacts)
+
+    def output_path(self, path: str) -> Path:
+        """A stage's output folder: absolute paths as given, relative ones under `artifacts`."""
+        return Path(path) if Path(path).is_absolute() else self.artifacts_dir / path
 
 
 _DTYPES = ("bf16", "f16", "f32")

@@ -1,0 +1,54 @@
+"""The invoke front end: task list, pending stages, errors as one line with an exit code."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def test_list_shows_every_stage():
+    out = invoke("--list").stdout
+    for name in ("data", "train", "merge", "export", "verify-candle", "eval", "all", "checkpoint", "bench"):
+        assert f"  {name} " in out
+
+
+def test_pending_stage_says_so_and_runs_nothing():
+    result = invoke("train")
+    assert result.returncode == 3
+    assert "not built yet" in result.stderr and "#4" in result.stderr
+
+
+def test_bad_override_is_one_line_with_exit_code_2():
+    result = invoke("verify-candle", "--set", "verify.lm_dtype=f64")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ") and "verify.lm_dtype" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_verify_candle_on_a_broken_checkpoint_exits_nonzero(tiny_copy):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tiny_copy / "model.safetensors"))
+    del tensors["text_emb.weight"]
+    save_file(tensors, str(tiny_copy / "model.safetensors"))
+    result = invoke("verify-candle", "--model", str(tiny_copy))
+    assert result.returncode == 1
+    assert "lm missing: text_emb.weight" in result.stderr
+
+
+def test_verify_candle_on_a_clean_checkpoint(tiny_ckpt):
+    result = invoke("verify-candle", "--model", str(tiny_ckpt))
+    assert result.returncode == 0, result.stderr
+    assert "OK: the checkpoint loads cleanly" in result.stdout
+
+
+def test_config_prints_documented_yaml():
+    result = invoke("config", "--set", "model.source=1b")
+    assert result.returncode == 0
+    assert "source: 1b" in result.stdout and "# Checkpoint to start from" in result.stdout
