@@ -164,7 +164,7 @@ def all_(c, config=None, set_=None, model=None):
 def test(c, k=None):
     """Every test: pytest (Python stages, Candle bridge from Python) and cargo test (Rust loader)."""
     pytest = [sys.executable, "-m", "pytest", "-q"] + (["-k", k] if k else [])
-    for cmd in (pytest, ["cargo", "test", "--quiet", "--workspace"]):
+    for cmd in (pytest, ["cargo", "test", "--release", "--quiet", "--workspace"]):
         print("+", " ".join(cmd), flush=True)
         if subprocess.run(cmd, env=os.environ).returncode != 0:
             raise Exit(f"failed: {' '.join(cmd)}", code=1)

@@ -8,9 +8,9 @@ test runs on checkpoints this module writes:
 - `1b`: the real stt-1b-en_fr shapes and the real Mimi architecture, random weights in bf16,
   for scale, speed and parity work.
 
-A directory holds `config.json`, `model.safetensors` (LM in bf16, attention tensors under the
-legacy names Kyutai's files use, which both the Rust crate and PyTorch's load hook accept), the
-Mimi weights (float32) and a SentencePiece tokenizer trained here on generated English and
+A directory holds `config.json`, `model.safetensors` (LM in bf16), the Mimi weights (float32),
+both with attention tensors under the legacy names Kyutai's files use (`in_proj_weight`,
+`out_proj.weight`: the Rust crate reads only these, PyTorch maps them with a load hook) and a SentencePiece tokenizer trained here on generated English and
 French text, with Kyutai's special ids (0 = end of padding, 3 = padding, text_card = start).
 
 Random Mimi weights alone would map every input to code 0 (moshi's codebooks start at zero and
@@ -280,7 +280,7 @@ def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Pat
         mimi = loaders.get_mimi(None, preset.mimi, num_codebooks=preset.n_q)
         fit_mimi_codebooks(mimi, preset.fit_seconds, preset.kmeans_iters, seed)
         mimi_state = {k: v.float().contiguous() for k, v in mimi.state_dict().items()}
-        save_file(mimi_state, str(tmp / preset.mimi_name))
+        save_file(to_legacy_names(mimi_state), str(tmp / preset.mimi_name))
 
         train_tokenizer(tmp / preset.tokenizer_name, preset.text_card, seed)
         if out_dir.exists():

@@ -1,1 +1,29 @@
-pub fn placeholder() {}
+//! Loads stt-numerals checkpoints with Kyutai's own Rust `moshi` crate (on Candle) and reports
+//! how the checkpoint's tensors compare with what the Rust models expect, so a fine-tuned
+//! model is verified in the runtime that will serve it.
+//!
+//! The expected tensors are not listed anywhere in this crate: they are recorded by running the
+//! moshi constructors against a recording `VarBuilder` backend (see [`record_requests`]).
+
+mod checkpoint;
+mod json_fields;
+mod lm_config;
+mod mimi_config;
+mod models;
+mod recorder;
+mod report;
+mod safetensors_header;
+mod transformer_keys;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use checkpoint::Checkpoint;
+pub use lm_config::lm_config_from_json;
+pub use mimi_config::mimi_config_from_json;
+pub use models::{build_lm, build_mimi};
+pub use recorder::{record_requests, Requests};
+pub use report::{
+    check_checkpoint, CheckpointReport, PartReport, TensorEntry, WrongDtype, WrongShape,
+};
+pub use safetensors_header::{read_tensor_index, TensorInfo};

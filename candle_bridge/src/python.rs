@@ -1,0 +1,30 @@
+//! The `candle_bridge` Python extension module (built by maturin with feature `python`).
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use std::path::Path;
+
+/// Checks the checkpoint directory `path` against Kyutai's Rust moshi models and returns the
+/// report as JSON text. Raises ValueError with a one-line message when the checkpoint cannot
+/// be inspected at all (unreadable config, missing weight files, unsupported config).
+#[pyfunction]
+#[pyo3(name = "check_checkpoint", signature = (path, lm_dtype = "bf16"))]
+fn py_check_checkpoint(py: Python<'_>, path: &str, lm_dtype: &str) -> PyResult<String> {
+    let lm_dtype: candle::DType = lm_dtype.parse().map_err(|_| {
+        PyValueError::new_err(format!(
+            "lm_dtype: unknown dtype {lm_dtype:?} (expected e.g. \"bf16\" or \"f32\")"
+        ))
+    })?;
+    // Loading a 1B model takes seconds: let other Python threads run meanwhile.
+    let report = py
+        .allow_threads(|| crate::check_checkpoint(Path::new(path), lm_dtype))
+        .map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
+    serde_json::to_string(&report).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+#[pymodule]
+fn candle_bridge(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(py_check_checkpoint, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+"""The text stream and the pause-head targets, frame by frame, exactly as the STT model expects.
+
+Kyutai's stt-1b-en_fr writes each word `audio_delay_seconds` (0.5 s = 6 frames at 12.5 Hz)
+after it starts in the audio. One text token per 80 ms frame; `PAD` (3) where nothing is
+written, `EPAD` (0, end of padding) on the padding frame just before a word's first token.
+Frames whose label is unknown (the first `delay` frames of a window, whose words started
+before it; padding between packed windows) are `IGNORE` (-1): moshi embeds -1 as zero and the
+loss skips it.
+
+A word that arrives while the previous word's tokens are still being written waits for them
+(its tokens shift right) rather than cutting them off as moshi-finetune's interleaver does:
+a truncated word teaches the model to write half words.
+
+Pause heads (Kyutai's definition, DSM#152): head k predicts that no new transcript word
+starts within the next 0.5 / 1 / 2 / 3 s; class 0 of its 6 outputs is "pause".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+FRAME_RATE = 12.5
+PAD = 3
+EPAD = 0
+IGNORE = -1
+PAUSE_HORIZONS = (0.5, 1.0, 2.0, 3.0)
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float  # seconds from the start of the audio
+    end: float
+
+
+@dataclass
+class TextStream:
+    tokens: torch.Tensor  # [T] long: token ids, PAD, EPAD or IGNORE
+    word_frames: list[int]  # frame of each written word's first token (for pause targets)
+    shifted: int  # words that had to wait for the previous word's tokens
+
+
+def frame_of(seconds: float) -> int:
+    """The frame during which an event at `seconds` happens (moshi: start * 12.5 < t + 1)."""
+    return math.floor(seconds * FRAME_RATE + 1e-9)
+
+
+def build_text_stream(
+    words: Sequence[Word],
+    encode: Callable[[str], list[int]],
+    num_frames: int,
+    delay_seconds: float = 0.5,
+    mask_first: int | None = None,
+) -> TextStream:
+    """Place each word's tokens from frame(start + delay) on, PAD elsewhere, EPAD before words.
+
+    `mask_first` frames at the start are IGNORE (default: the delay, since a window cut from
+    longer audio cannot know what the model was still writing there).
+    """
+    tokens = torch.full((num_frames,), PAD, dtype=torch.long)
+    mask_first = frame_of(delay_seconds) if mask_first is None else mask_first
+    last = -1  # last frame holding a token of the previous word
+    word_frames, shifted = [], 0
+    for word in sorted(words, key=lambda w: w.start):
+        ids = encode(word.text.strip())
+        if not ids or word.end <= word.start:
+            continue
+        first = frame_of(word.start + delay_seconds)
+        if first <= last:
+            first, shifted = last + 1, shifted + 1
+        if first >= num_frames:
+            break
+        if first - 1 > last and first - 1 >= 0:
+            tokens[first - 1] = EPAD
+        span = ids[: num_frames - first]
+        tokens[first:first + len(span)] = torch.tensor(span, dtype=torch.long)
+        last = first + len(span) - 1
+        word_frames.append(first)
+    tokens[:mask_first] = IGNORE
+    return TextStream(tokens, word_frames, shifted)
+
+
+def pause_targets(word_frames: Sequence[int], num_frames: int,
+                  horizons: Sequence[float] = PAUSE_HORIZONS) -> torch.Tensor:
+    """[T, H] float: 1.0 where no word's first token is written in frames (t, t + horizon]."""
+    starts = torch.zeros(num_frames + 1, dtype=torch.long)
+    for f in word_frames:
+        if 0 <= f < num_frames:
+            starts[f + 1] += 1
+    cumulative = torch.cumsum(starts, 0)  # cumulative[i] = word starts in frames [0, i)
+    t = torch.arange(num_frames)
+    out = []
+    for horizon in horizons:
+        until = torch.clamp(t + round(horizon * FRAME_RATE) + 1, max=num_frames)
+        out.append((cumulative[until] - cumulative[t + 1] == 0).float())
+    return torch.stack(out, dim=1)
+
+
+def shift_inputs(codes: torch.Tensor, text_start: int, audio_start: int) -> torch.Tensor:
+    """Model inputs for teacher forcing, as `LMModel.forward` builds them.
+
+    `codes` is [B, 1 + n_q, T] (text stream then audio codebooks); step t sees the tokens of
+    frame t - 1, and the start tokens (text_card, card) at t = 0. This matches Kyutai's Rust
+    ASR, which feeds the previous frame's audio codes at each step.
+    """
+    initial = torch.full_like(codes[..., :1], audio_start)
+    initial[:, 0] = text_start
+    return torch.cat([initial, codes[..., :-1]], dim=-1)
