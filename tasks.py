@@ -95,10 +95,28 @@ def record(c, config=None, set_=None, model=None):
     _pending("record", 3)
 
 
-@task(**COMMON)
-def train(c, config=None, set_=None, model=None):
-    """LoRA fine-tune the STT model so digit sequences come out as words. [issue #4]"""
-    _pending("train", 4)
+@task(help={"resume": "continue the run in train.out from its last checkpoint",
+            "gpus": "number of GPUs: >1 launches torchrun (DDP)", **HELP, **MODEL_HELP}, iterable=["set_"])
+def train(c, config=None, set_=None, model=None, resume=False, gpus=1):
+    """LoRA fine-tune the STT model so digit sequences come out as words (delay-correct, VAD heads kept)."""
+    import tempfile
+
+    from pipeline.config import render_config
+    from pipeline.train import TrainingError, train as run
+
+    cfg = _config(config, set_ or [], model)
+    ckpt = _model_dir(cfg)
+    if int(gpus) > 1:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+            fh.write(render_config(cfg))
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={int(gpus)}",
+               "-m", "pipeline.train", fh.name, str(ckpt)] + (["--resume"] if resume else [])
+        raise Exit(code=subprocess.run(cmd).returncode)
+    try:
+        out = _run_stage(run, cfg, ckpt, resume=resume)
+    except TrainingError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    print(f"trained adapter: {out / 'final'} (metrics in {out / 'metrics.jsonl'})")
 
 
 @task(**COMMON)

@@ -22,10 +22,7 @@ synthetic, speech-like audio.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +31,8 @@ import torch
 from num2words import num2words
 from safetensors.torch import save_file
 from tqdm import tqdm
+
+from .io import atomic_dir
 
 SAMPLE_RATE = 24_000
 FRAME_RATE = 12.5
@@ -259,10 +258,7 @@ def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Pat
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
     preset, out_dir = PRESETS[preset_name], Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
-    try:
+    with atomic_dir(out_dir) as tmp:
         config = lm_config(preset, preset_name, seed)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if preset.mimi is not None:
@@ -283,12 +279,6 @@ def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Pat
         save_file(to_legacy_names(mimi_state), str(tmp / preset.mimi_name))
 
         train_tokenizer(tmp / preset.tokenizer_name, preset.text_card, seed)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

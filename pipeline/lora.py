@@ -32,7 +32,6 @@ def apply_lora(lm: torch.nn.Module, rank: int, scaling: float, ft_embed: bool = 
     replace_all_linear_with_lora(lm, rank, scaling, device=device, dtype=dtype)
     for module in lm.modules():
         if isinstance(module, LoRALinear):
-            module.frozen_W.to(dtype=next(lm.text_emb.parameters()).dtype)
             torch.nn.init.kaiming_uniform_(module.lora_A.weight, a=5 ** 0.5)
             torch.nn.init.zeros_(module.lora_B.weight)
     trainable = []

@@ -106,9 +106,12 @@ def has_extra_heads(ckpt: str | Path) -> bool:
     return int(config.get("extra_heads_num_heads", 0)) > 0
 
 
-def load_lm(ckpt: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """The STT language model, strictly loaded by moshi's `get_moshi_lm`."""
-    return checkpoint_info(ckpt).get_moshi(device=device, dtype=dtype)
+def load_lm(ckpt: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32, **overrides):
+    """The STT language model, strictly loaded by moshi's `get_moshi_lm`.
+
+    `overrides` go to moshi's `lm_kwargs_overrides` (e.g. gradient_checkpointing=True).
+    """
+    return checkpoint_info(ckpt).get_moshi(device=device, dtype=dtype, lm_kwargs_overrides=overrides)
 
 
 def load_mimi(ckpt: str | Path, device: str = "cpu"):

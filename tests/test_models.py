@@ -1,7 +1,6 @@
 """Model resolution: presets, local directories, hub repo ids, and clear errors."""
 
 import json
-import shutil
 
 import pytest
 

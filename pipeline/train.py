@@ -1,0 +1,373 @@
+"""train: delay-correct LoRA fine-tuning of the STT model, with its pause heads kept working.
+
+    windows of packed utterances  ->  text stream at word start + 0.5 s (labels.py)
+    Mimi codes (cached, codes.py) ->  inputs shifted one frame, as LMModel.forward does
+    LMModel.forward_text          ->  text cross-entropy + pause-head loss -> LoRA (lora.py)
+
+moshi's `LMModel.forward` needs a depformer (dep_q > 0), so the forward pass here is our own
+over `forward_text` and `extra_heads`. One process on CPU, or N GPUs with torchrun (DDP, bf16).
+The run folder holds the resolved config, metrics.jsonl, resumable checkpoints and `final/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .config import Config, render_config
+from .labels import (EPAD, FRAME_RATE, IGNORE, PAD, PAUSE_HORIZONS, Word, build_text_stream, frame_of,
+                     pause_targets, shift_inputs)
+from .lora import apply_lora, lora_disabled, save_adapter
+
+MAX_HORIZON_FRAMES = round(max(PAUSE_HORIZONS) * FRAME_RATE)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or must stop; the message says why and what to do."""
+
+
+@dataclass
+class Sample:
+    """One utterance ready for packing: its codes, words and number spans (seconds)."""
+    codes: torch.Tensor  # [n_q, T] long
+    words: list[Word]
+    numbers: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return self.codes.shape[1]
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # [B, 1 + n_q, W] shifted model inputs
+    text: torch.Tensor  # [B, W] targets (IGNORE where unknown)
+    pause: torch.Tensor  # [B, W, H] 1.0 = pause
+    head_mask: torch.Tensor  # [B, W] frames with a known pause target
+    number_mask: torch.Tensor  # [B, W] frames inside a spoken number (for distillation)
+    real_frames: int  # frames holding audio (not padding)
+
+
+# --- packing ------------------------------------------------------------------------------------
+
+Segment = tuple[int, int, int]  # (sample index, first frame, number of frames)
+
+
+def pack_windows(lengths: Sequence[int], window: int, order: Sequence[int]) -> list[list[Segment]]:
+    """First-fit packing of whole utterances into windows; longer ones are cut into windows
+    of their own (a cut piece must start a window so its first frames are masked)."""
+    windows: list[list[Segment]] = []
+    free: list[int] = []
+    for idx in order:
+        n = lengths[idx]
+        if n > window:
+            for start in range(0, n, window):
+                windows.append([(idx, start, min(window, n - start))])
+                free.append(0)
+            continue
+        slot = next((w for w, room in enumerate(free) if room >= n), None)
+        if slot is None:
+            windows.append([])
+            free.append(window)
+            slot = len(windows) - 1
+        windows[slot].append((idx, 0, n))
+        free[slot] -= n
+    return windows
+
+
+def epoch_batches(samples: Sequence[Sample], window: int, batch_size: int, seed: int, epoch: int,
+                  rank: int = 0, world: int = 1) -> list[list[list[Segment]]]:
+    """The batches of one epoch: a pure function of (seed, epoch), so a resumed run sees
+    exactly the batches an uninterrupted run would have."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(samples)))
+    rng.shuffle(order)
+    windows = pack_windows([s.frames for s in samples], window, order)
+    rng.shuffle(windows)
+    windows = windows[rank::world]
+    return [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+
+
+def batch_stream(samples, window, batch_size, seed, rank=0, world=1, skip=0) -> Iterator[list]:
+    epoch = 0
+    while True:
+        batches = epoch_batches(samples, window, batch_size, seed, epoch, rank, world)
+        if not batches:
+            raise TrainingError("no training windows: the dataset is empty")
+        for batch in batches:
+            if skip:
+                skip -= 1
+                continue
+            yield batch
+        epoch += 1
+
+
+def make_batch(segments_per_window: list[list[Segment]], samples: Sequence[Sample], window: int,
+               encode, text_start: int, audio_start: int, delay: float) -> Batch:
+    n_q = samples[0].codes.shape[0]
+    B = len(segments_per_window)
+    codes = torch.full((B, 1 + n_q, window), IGNORE, dtype=torch.long)
+    pause = torch.zeros(B, window, len(PAUSE_HORIZONS))
+    head_mask = torch.zeros(B, window)
+    number_mask = torch.zeros(B, window)
+    real = 0
+    for b, segments in enumerate(segments_per_window):
+        words, offset = [], 0
+        for idx, first, n in segments:
+            sample = samples[idx]
+            codes[b, 1:, offset:offset + n] = sample.codes[:, first:first + n]
+            shift = (offset - first) / FRAME_RATE
+            lo, hi = first / FRAME_RATE, (first + n) / FRAME_RATE
+            words += [Word(w.text, w.start + shift, w.end + shift) for w in sample.words if lo <= w.start < hi]
+            for start, end in sample.numbers:
+                a, z = frame_of(start + shift), frame_of(end + delay + shift) + 1
+                number_mask[b, max(a, offset):min(z, offset + n)] = 1
+            known = n if first + n == sample.frames else max(0, n - MAX_HORIZON_FRAMES)
+            head_mask[b, offset:offset + known] = 1  # a cut piece cannot know its future words
+            offset += n
+        real += offset
+        stream = build_text_stream(words, encode, window, delay_seconds=delay)
+        stream.tokens[offset:] = IGNORE
+        codes[b, 0] = stream.tokens
+        pause[b] = pause_targets(stream.word_frames, window)
+    inputs = shift_inputs(codes, text_start, audio_start)
+    return Batch(inputs, codes[:, 0].clone(), pause, head_mask, number_mask, real)
+
+
+# --- losses ---------------------------------------------------------------------------------------
+
+def forward_stt(lm, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text logits [B, T, V] and pause-head logits [B, T, H, 6] for teacher-forced inputs."""
+    hidden, text_logits = lm.forward_text(inputs)
+    heads = torch.stack([head(hidden) for head in lm.extra_heads], dim=2)
+    return text_logits[:, 0], heads
+
+
+class SttForward(torch.nn.Module):
+    """`forward_stt` as a module, so DistributedDataParallel can wrap it (DDP syncs gradients
+    only for calls that go through its own forward)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return forward_stt(self.lm, inputs)
+
+
+def text_loss(logits: torch.Tensor, target: torch.Tensor, padding_weight: float) -> torch.Tensor:
+    weight = (target != IGNORE).float()
+    weight = torch.where((target == PAD) | (target == EPAD), weight * padding_weight, weight)
+    ce = F.cross_entropy(logits.float().transpose(1, 2), target.clamp(min=0), reduction="none")
+    return (ce * weight).sum() / weight.sum().clamp(min=1)
+
+
+def pause_log_probs(head_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(pause) and log P(not pause) per head: class 0 against the other five."""
+    logp = torch.log_softmax(head_logits.float(), dim=-1)
+    return logp[..., 0], torch.logsumexp(logp[..., 1:], dim=-1)
+
+
+def head_loss(head_logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on P(pause) (what Kyutai's clients read); soft targets allowed.
+    The split of the non-pause mass among classes 1-5 is left to the model."""
+    log_pause, log_other = pause_log_probs(head_logits)
+    bce = -(target * log_pause + (1 - target) * log_other)
+    mask = mask[..., None].expand_as(bce)
+    return (bce * mask).sum() / mask.sum().clamp(min=1)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+def lr_at(step: int, cfg) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def load_samples(cfg: Config, ckpt: Path, device: str) -> tuple[list[Sample], object]:
+    """Training utterances with their Mimi codes (from the cache when possible)."""
+    from .codes import CodeCache
+    from .data import read_split
+    from .models import checkpoint_files, load_mimi, load_tokenizer
+
+    folder = cfg.output_path(cfg.train.data)
+    utterances = read_split(folder, "train")
+    if not utterances:
+        raise TrainingError(f"{folder}/train.jsonl lists no utterances; build a dataset with `invoke data`")
+    cache = CodeCache(load_mimi(ckpt, device), checkpoint_files(ckpt)["mimi"], cfg.artifacts_dir / "cache" / "codes", device)
+    codes = cache.encode_all([u.path for u in utterances])
+    samples = []
+    for u, c in zip(utterances, codes):
+        words = [Word(w, s, e) for w, (s, e), *_ in u.alignments]
+        numbers = [(u.alignments[sp["first"]][1][0], u.alignments[sp["last"]][1][1]) for sp in u.number_spans]
+        samples.append(Sample(c, words, numbers))
+    return samples, load_tokenizer(ckpt)
+
+
+def _memory() -> dict:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    return {"rss_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def _latest_checkpoint(run: Path) -> Path | None:
+    done = sorted(p for p in (run / "checkpoints").glob("step_*") if (p / "trainer_state.pt").is_file())
+    return done[-1] if done else None
+
+
+def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] | None = None,
+          tokenizer=None) -> Path:
+    """Fine-tune `ckpt` with LoRA; return the run folder (adapter in `final/`)."""
+    from safetensors.torch import load_file
+
+    from .models import checkpoint_info, has_extra_heads, load_lm
+
+    tc = cfg.train
+    run = cfg.output_path(tc.out)
+    if run.exists() and any(run.iterdir()) and not resume:
+        raise TrainingError(f"{run} already holds a run; pass --resume to continue it or set train.out elsewhere")
+    if not has_extra_heads(ckpt):
+        raise TrainingError(
+            f"{ckpt} has no extra heads (pause predictors): fine-tuning it would ship a model without "
+            "the VAD. Start from a checkpoint that has them (kyutai/stt-1b-en_fr-candle, not "
+            "kyutai/stt-1b-en_fr), or graft them with `invoke graft-heads`")
+
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if tc.device == "auto" else tc.device
+    if world > 1:
+        torch.distributed.init_process_group("nccl")
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+    if samples is None:
+        samples, tokenizer = load_samples(cfg, ckpt, device)
+    info = checkpoint_info(ckpt)
+    delay = float(info.stt_config.get("audio_delay_seconds", 0.5))
+    window = int(tc.window_seconds * FRAME_RATE)
+
+    torch.manual_seed(tc.seed)
+    overrides = {"gradient_checkpointing": True} if tc.activation_checkpointing else {}
+    lm = load_lm(ckpt, device=device, dtype=dtype, **overrides)
+    params = apply_lora(lm, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
+    lm.train()
+    model = SttForward(lm)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device])
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=tc.weight_decay)
+
+    start = 0
+    last = _latest_checkpoint(run) if resume else None
+    if last is not None:
+        state = torch.load(last / "trainer_state.pt", map_location=device, weights_only=True)
+        result = lm.load_state_dict(load_file(str(last / "lora.safetensors"), device=device), strict=False)
+        if result.unexpected_keys:
+            raise TrainingError(f"{last}/lora.safetensors does not match this model "
+                                f"(unexpected {sorted(result.unexpected_keys)[:3]}); start a new run")
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        print(f"resuming {run} from step {start}")
+    if rank == 0:
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(render_config(cfg))
+
+    base_config = dict(info.raw_config)
+    encode = tokenizer.encode
+    stream = batch_stream(samples, window, tc.batch_size, tc.seed, rank, world, skip=start)
+    metrics = open(run / "metrics.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=rank != 0)
+    step = start
+    try:
+        while step < tc.steps:
+            tick = time.perf_counter()
+            batch = make_batch(next(stream), samples, window, encode, lm.text_card, lm.card, delay)
+            inputs = batch.inputs.to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                base_pause = None
+                if tc.head_loss == "distill":
+                    with torch.no_grad(), lora_disabled(lm):
+                        base_pause = pause_log_probs(forward_stt(lm, inputs)[1])[0].exp()
+                text_logits, head_logits = model(inputs)
+            loss_text = text_loss(text_logits, batch.text.to(device), tc.text_padding_weight)
+            if tc.head_loss == "supervised":
+                loss_head = head_loss(head_logits, batch.pause.to(device), batch.head_mask.to(device))
+            elif tc.head_loss == "distill":
+                keep = (batch.head_mask * (1 - batch.number_mask)).to(device)
+                loss_head = head_loss(head_logits, base_pause, keep)
+            else:
+                loss_head = torch.zeros((), device=device)
+            loss = loss_text + tc.head_loss_weight * loss_head
+            if not torch.isfinite(loss):
+                keep = _latest_checkpoint(run)
+                raise TrainingError(f"loss is {loss.item()} at step {step}; stopped. Last good checkpoint: "
+                                    f"{keep or 'none'}. Lower train.lr or check the data")
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, tc)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+            optimizer.step()
+            step += 1
+            elapsed = time.perf_counter() - tick
+            total_frames = batch.inputs.shape[0] * window
+            if metrics and step % tc.log_every == 0:
+                record = {"step": step, "loss": loss.item(), "text_loss": loss_text.item(),
+                          "head_loss": loss_head.item(), "lr": lr_at(step - 1, tc), "grad_norm": grad_norm.item(),
+                          "frames_per_s": round(batch.real_frames * world / elapsed, 1),
+                          "padding_pct": round(100 * (1 - batch.real_frames / total_frames), 2), **_memory()}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if rank == 0 and (step % tc.save_every == 0 or step == tc.steps):
+                _save(run, step, lm, optimizer, base_config, tc)
+    finally:
+        bar.close()
+        if metrics:
+            metrics.close()
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        save_adapter(run / "final", lm, base_config, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
+    return run
+
+
+def _save(run: Path, step: int, lm, optimizer, base_config: dict, tc, keep: int = 3) -> None:
+    from .io import atomic_file
+
+    out = run / "checkpoints" / f"step_{step:06d}"
+    save_adapter(out, lm, base_config, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
+    with atomic_file(out / "trainer_state.pt") as tmp:
+        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp)
+    for old in sorted((run / "checkpoints").glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main() -> None:
+    """Entry point for torchrun: `torchrun --nproc-per-node N -m pipeline.train CONFIG CKPT [--resume]`."""
+    import sys
+
+    from .config import load_config
+
+    args = sys.argv[1:]
+    train(load_config(args[0]), Path(args[1]), resume="--resume" in args)
+
+
+if __name__ == "__main__":
+    main()

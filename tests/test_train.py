@@ -1,0 +1,176 @@
+"""Training on the tiny checkpoint (CPU): loss falls, adapters load in moshi, resume is exact."""
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import train as tr
+from pipeline.checkpoint import synthetic_audio
+from pipeline.config import load_config
+from pipeline.labels import Word
+from pipeline.models import load_lm, load_mimi, load_tokenizer
+
+WORDS = ["order", "number", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "please"]
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_ckpt):
+    """Twelve synthetic utterances: Mimi codes of speech-like audio plus word timings."""
+    mimi = load_mimi(tiny_ckpt)
+    rng = random.Random(0)
+    out = []
+    for i in range(12):
+        seconds = rng.choice([4.8, 6.4, 8.0])
+        audio = torch.from_numpy(synthetic_audio(seconds, seed=100 + i))[None, None]
+        with torch.no_grad():
+            codes = mimi.encode(audio)[0].long()
+        t, words = rng.uniform(0.2, 0.8), []
+        while t < seconds - 1.5:
+            d = rng.uniform(0.2, 0.4)
+            words.append(Word(rng.choice(WORDS), t, t + d))
+            t += d + rng.uniform(0.05, 0.3)
+        out.append(tr.Sample(codes, words, numbers=[(words[1].start, words[2].end)]))
+    return out
+
+
+def config(tmp_path, **train):
+    base = {"train.steps": 30, "train.batch_size": 4, "train.window_seconds": 12.8, "train.lr": 3e-3,
+            "train.warmup_steps": 3, "train.lora_rank": 8, "train.save_every": 10, "train.device": "cpu",
+            "artifacts": str(tmp_path)}
+    base.update({f"train.{k}": v for k, v in train.items()})
+    return load_config(None, [f"{k}={v}" for k, v in base.items()])
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_packing_keeps_every_frame_and_respects_the_window():
+    lengths = [300, 200, 100, 800, 60, 375]
+    windows = tr.pack_windows(lengths, 375, order=range(len(lengths)))
+    assert sum(n for w in windows for _, _, n in w) == sum(lengths)
+    assert all(sum(n for _, _, n in w) <= 375 for w in windows)
+    cut = [w for w in windows if any(idx == 3 for idx, _, _ in w)]
+    assert [w[0][1] for w in cut] == [0, 375, 750] and all(len(w) == 1 for w in cut)
+
+
+def test_epoch_batches_are_deterministic_and_sharded(samples):
+    a = tr.epoch_batches(samples, 160, 2, seed=5, epoch=1)
+    assert a == tr.epoch_batches(samples, 160, 2, seed=5, epoch=1)
+    assert a != tr.epoch_batches(samples, 160, 2, seed=5, epoch=2)
+    r0 = tr.epoch_batches(samples, 160, 1, seed=5, epoch=1, rank=0, world=2)
+    r1 = tr.epoch_batches(samples, 160, 1, seed=5, epoch=1, rank=1, world=2)
+    flat = lambda bs: [w for b in bs for w in b]  # noqa: E731
+    assert sorted(map(str, flat(r0) + flat(r1))) == sorted(map(str, flat(a)))
+
+
+def test_batch_targets_line_up_with_the_audio(samples, tiny_ckpt):
+    tok = load_tokenizer(tiny_ckpt)
+    n0, n1 = samples[0].frames, samples[1].frames
+    batch = tr.make_batch([[(0, 0, n0), (1, 0, n1)]], samples, n0 + n1 + 20, tok.encode, 1000, 256, delay=0.5)
+    assert torch.equal(batch.inputs[0, 1:, 1:n0 + 1], samples[0].codes)  # shifted by one frame
+    assert torch.equal(batch.inputs[0, 1:, n0 + 1:n0 + n1 + 1], samples[1].codes)
+    assert (batch.text[0, n0 + n1:] == -1).all() and (batch.text[0, :6] == -1).all()
+    assert batch.head_mask[0].sum() == n0 + n1 and batch.real_frames == n0 + n1
+    assert batch.number_mask[0].sum() > 0
+    written = [t for t in batch.text[0].tolist() if t > 3]
+    expected = [t for w in samples[0].words + samples[1].words for t in tok.encode(w.text)]
+    assert written == expected
+
+
+def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
+    cfg = config(tmp_path)
+    run = tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=load_tokenizer(tiny_ckpt))
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    assert rows[-1]["head_loss"] < rows[0]["head_loss"]
+    assert all(0 <= r["padding_pct"] < 100 and r["frames_per_s"] > 0 for r in rows)
+    assert (run / "final" / "lora.safetensors").is_file() and (run / "config.yaml").is_file()
+
+
+def test_saved_adapter_reproduces_the_trained_model_through_moshi(tmp_path, tiny_ckpt, samples):
+    from moshi.models.loaders import get_moshi_lm
+
+    cfg = config(tmp_path, steps=8)
+    tok = load_tokenizer(tiny_ckpt)
+    run = tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=tok)
+    adapter = load_file(str(run / "final" / "lora.safetensors"))
+    assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if ".lora_B." in k)  # it trained
+
+    lora_cfg = json.loads((run / "final" / "config.json").read_text())
+    lm_kwargs = {k: v for k, v in lora_cfg.items() if k not in tr_non_lm_keys()}
+    moshi_lm = get_moshi_lm(str(tiny_ckpt / "model.safetensors"), lm_kwargs=lm_kwargs, dtype=torch.float32,
+                            lora_weights=str(run / "final" / "lora.safetensors"))
+    ours = load_lm(tiny_ckpt)
+    tr.apply_lora(ours, cfg.train.lora_rank, cfg.train.lora_scaling)
+    ours.load_state_dict(adapter, strict=False)
+    batch = tr.make_batch([[(0, 0, samples[0].frames)]], samples, samples[0].frames, tok.encode, 1000, 256, 0.5)
+    with torch.no_grad():
+        a_text, a_heads = tr.forward_stt(moshi_lm, batch.inputs)
+        b_text, b_heads = tr.forward_stt(ours, batch.inputs)
+        base_text, _ = tr.forward_stt(load_lm(tiny_ckpt), batch.inputs)
+    assert torch.allclose(a_text, b_text, atol=1e-5) and torch.allclose(a_heads, b_heads, atol=1e-5)
+    assert not torch.allclose(a_text, base_text, atol=1e-3)
+
+
+def tr_non_lm_keys():
+    from pipeline.checkpoint import _NON_LM_KEYS
+
+    return _NON_LM_KEYS
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, tiny_ckpt, samples, monkeypatch):
+    tok = load_tokenizer(tiny_ckpt)
+    straight = tr.train(config(tmp_path / "a", steps=12, save_every=4), tiny_ckpt, samples=samples, tokenizer=tok)
+
+    real, calls = tr.make_batch, {"n": 0}
+
+    def dies_at_step_7(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt("killed (simulated)")
+        return real(*args, **kwargs)
+
+    cfg = config(tmp_path / "b", steps=12, save_every=4)
+    monkeypatch.setattr(tr, "make_batch", dies_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=tok)
+    monkeypatch.setattr(tr, "make_batch", real)
+    with pytest.raises(tr.TrainingError, match="--resume"):
+        tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=tok)
+    resumed = tr.train(cfg, tiny_ckpt, resume=True, samples=samples, tokenizer=tok)
+
+    a = load_file(str(straight / "final" / "lora.safetensors"))
+    b = load_file(str(resumed / "final" / "lora.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["step"] for r in metrics(resumed)][-8:] == list(range(5, 13))
+
+
+def test_checkpoint_without_heads_is_refused(tmp_path, tiny_copy, samples):
+    config_path = tiny_copy / "config.json"
+    raw = json.loads(config_path.read_text())
+    raw["extra_heads_num_heads"] = 0
+    config_path.write_text(json.dumps(raw))
+    with pytest.raises(tr.TrainingError, match="no extra heads"):
+        tr.train(config(tmp_path), tiny_copy, samples=samples, tokenizer=None)
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, tiny_ckpt, samples, monkeypatch):
+    real, calls = tr.text_loss, {"n": 0}
+
+    def nan_at_step_5(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(tr, "text_loss", nan_at_step_5)
+    with pytest.raises(tr.TrainingError, match=r"loss is nan at step 4.*step_000004"):
+        tr.train(config(tmp_path, save_every=2), tiny_ckpt, samples=samples, tokenizer=load_tokenizer(tiny_ckpt))
