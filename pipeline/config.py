@@ -61,8 +61,32 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    data: str = doc("Dataset folder from `invoke data` (relative paths are under `artifacts`).", "data")
     out: str = doc("Run folder written by `invoke train` (relative paths are under `artifacts`).", "runs/train")
     seed: int = doc("Seed for LoRA initialisation and batch order.", 0)
+    lora_rank: int = doc("LoRA rank r on every Linear of the LM (moshi.modules.lora).", 32)
+    lora_scaling: float = doc("LoRA scaling: W + scaling * B @ A (moshi's convention, not alpha/r).", 2.0)
+    ft_embed: bool = doc("Also train the full text and audio embedding tables (they replace the base's).", False)
+    lr: float = doc("Peak AdamW learning rate of the LoRA parameters.", 1e-4)
+    weight_decay: float = doc("AdamW weight decay.", 0.1)
+    warmup_steps: int = doc("Linear warm-up steps before the decay.", 20)
+    schedule: str = doc("Learning-rate decay after warm-up: 'cosine' (to 10 % of lr) or 'constant'.", "cosine")
+    steps: int = doc("Optimizer steps in total.", 300)
+    batch_size: int = doc("Windows per optimizer step (per process with torchrun).", 8)
+    window_seconds: float = doc(
+        "Length of a training window; utterances are packed into windows (at most the model's "
+        "750-frame / 60 s context).", 30.0)
+    grad_clip: float = doc("Clip the gradient norm to this value (0: off).", 1.0)
+    text_padding_weight: float = doc("Loss weight of padding (3) and end-of-padding (0) text targets.", 0.5)
+    head_loss: str = doc(
+        "Keeps the pause heads meaningful: 'supervised' (Kyutai's target from the alignments: "
+        "no new word within 0.5/1/2/3 s), 'distill' (match the frozen base's pause "
+        "probabilities away from numbers) or 'none'.", "supervised")
+    head_loss_weight: float = doc("Weight of the head loss relative to the text loss.", 0.5)
+    activation_checkpointing: bool = doc("Recompute each layer in the backward pass (less memory).", False)
+    device: str = doc("'auto' (cuda if available), 'cpu' or 'cuda'.", "auto")
+    log_every: int = doc("Write a metrics.jsonl line every N steps.", 1)
+    save_every: int = doc("Save a resumable checkpoint every N steps (and at the end).", 50)
 
 
 @dataclass
@@ -88,12 +112,25 @@ class Config:
 
 
 _DTYPES = ("bf16", "f16", "f32")
+_HEAD_LOSSES = ("supervised", "distill", "none")
 
 
 def _validate(cfg: Config, where: str) -> None:
     """Checks beyond types: one line per problem, naming the field."""
     if cfg.verify.lm_dtype not in _DTYPES:
         raise ConfigError(f"{where}: verify.lm_dtype must be one of {_DTYPES}, got {cfg.verify.lm_dtype!r}")
+    if cfg.train.head_loss not in _HEAD_LOSSES:
+        raise ConfigError(f"{where}: train.head_loss must be one of {_HEAD_LOSSES}, got {cfg.train.head_loss!r}")
+    if cfg.train.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"{where}: train.schedule must be 'cosine' or 'constant', got {cfg.train.schedule!r}")
+    if not 0 < cfg.train.window_seconds <= 60:
+        raise ConfigError(f"{where}: train.window_seconds must be in (0, 60] (the model's context), "
+                          f"got {cfg.train.window_seconds}")
+    for name in ("lora_rank", "steps", "batch_size", "log_every", "save_every"):
+        if getattr(cfg.train, name) < 1:
+            raise ConfigError(f"{where}: train.{name} must be at least 1, got {getattr(cfg.train, name)}")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"{where}: train.lr must be positive, got {cfg.train.lr}")
     if not cfg.model.source:
         raise ConfigError(f"{where}: model.source is empty; give a preset, a directory or a repo id")
 
