@@ -45,9 +45,7 @@ def _run_stage(fn, *args, **kwargs):
 
 
 def _model_dir(cfg):
-    from pipeline.models import resolve_model
-
-    return _run_stage(resolve_model, cfg.model.source, cfg.artifacts_dir, cfg.model.revision, cfg.checkpoint.seed)
+    return _model_dir_for(cfg, cfg.model.source)
 
 
 def _pending(stage: str, issue: int) -> None:
@@ -121,14 +119,42 @@ def train(c, config=None, set_=None, model=None, resume=False, gpus=1):
 
 @task(**COMMON)
 def merge(c, config=None, set_=None, model=None):
-    """Merge a trained LoRA into bf16 weights. [issue #5]"""
-    _pending("merge", 5)
+    """Merge the trained LoRA into the base weights (float32 math, rounded to bf16 once)."""
+    import torch
+
+    from pipeline.merge import MergeError, merge as run
+
+    cfg = _config(config, set_ or [], model)
+    out = cfg.output_path(cfg.merge.out)
+    dtype = torch.float32 if cfg.merge.dtype == "f32" else None
+    try:
+        report = _run_stage(run, _model_dir(cfg), cfg.output_path(cfg.merge.adapter), out, dtype)
+    except MergeError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    print(f"merged {report.tensors_updated} LoRA pairs into {out}: update norm {report.update_norm:.4g}, "
+          f"{100 * report.kept_fraction:.1f} % of it kept after rounding "
+          f"(rounding error {100 * report.rounding_error:.2f} % of the update)")
 
 
 @task(**COMMON)
 def export(c, config=None, set_=None, model=None):
-    """Export a merged model for Kyutai's Rust runtime (moshi-server). [issue #5]"""
-    _pending("export", 5)
+    """Export a checkpoint for Kyutai's Rust runtime: Rust tensor names, bf16, server TOML, manifest."""
+    from pipeline.export import ExportError, export as run
+
+    cfg = _config(config, set_ or [], model)
+    source = cfg.export.source
+    source = cfg.output_path(cfg.merge.out) if source == "merged" else _model_dir_for(cfg, source)
+    try:
+        out = _run_stage(run, source, cfg.output_path(cfg.export.out), cfg.export.batch_size)
+    except ExportError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    print(f"exported {source} to {out} (moshi-server config: {out / 'moshi-server.toml'})")
+
+
+def _model_dir_for(cfg, source):
+    from pipeline.models import resolve_model
+
+    return _run_stage(resolve_model, source, cfg.artifacts_dir, cfg.model.revision, cfg.checkpoint.seed)
 
 
 @task(name="eval", **COMMON)

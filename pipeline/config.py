@@ -90,6 +90,21 @@ class TrainConfig:
 
 
 @dataclass
+class MergeConfig:
+    adapter: str = doc("Run folder (or its final/ or a checkpoint) of the LoRA to merge; "
+                       "relative paths are under `artifacts`.", "runs/train")
+    out: str = doc("Merged checkpoint folder (relative paths are under `artifacts`).", "merged")
+    dtype: str = doc("dtype of the merged LM weights: 'bf16' (ships) or 'f32' (exact, for parity work).", "bf16")
+
+
+@dataclass
+class ExportConfig:
+    source: str = doc("Checkpoint to export: 'merged' (the merge output) or any checkpoint folder.", "merged")
+    out: str = doc("Runtime folder for moshi-server (relative paths are under `artifacts`).", "export")
+    batch_size: int = doc("batch_size written into the moshi-server config snippet.", 64)
+
+
+@dataclass
 class Config:
     artifacts: str = doc("Folder for every output: checkpoints, datasets, runs, reports.", "artifacts")
     model: ModelConfig = doc("The model every stage works on.", default_factory=ModelConfig)
@@ -98,6 +113,9 @@ class Config:
     )
     data: DataConfig = doc("Building the dataset (`invoke data`).", default_factory=DataConfig)
     train: TrainConfig = doc("LoRA fine-tuning (`invoke train`).", default_factory=TrainConfig)
+    merge: MergeConfig = doc("Folding the LoRA into the weights (`invoke merge`).", default_factory=MergeConfig)
+    export: ExportConfig = doc("The directory Kyutai's Rust runtime serves (`invoke export`).",
+                               default_factory=ExportConfig)
     verify: VerifyConfig = doc(
         "Checks in Kyutai's Rust runtime (`invoke verify-candle`).", default_factory=VerifyConfig
     )
@@ -131,6 +149,8 @@ def _validate(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: train.{name} must be at least 1, got {getattr(cfg.train, name)}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"{where}: train.lr must be positive, got {cfg.train.lr}")
+    if cfg.merge.dtype not in ("bf16", "f32"):
+        raise ConfigError(f"{where}: merge.dtype must be 'bf16' or 'f32', got {cfg.merge.dtype!r}")
     if not cfg.model.source:
         raise ConfigError(f"{where}: model.source is empty; give a preset, a directory or a repo id")
 

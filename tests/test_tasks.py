@@ -19,9 +19,9 @@ def test_list_shows_every_stage():
 
 
 def test_pending_stage_says_so_and_runs_nothing():
-    result = invoke("train")
+    result = invoke("eval")
     assert result.returncode == 3
-    assert "not built yet" in result.stderr and "#4" in result.stderr
+    assert "not built yet" in result.stderr and "#6" in result.stderr
 
 
 def test_bad_override_is_one_line_with_exit_code_2():

@@ -1,0 +1,141 @@
+"""export: a directory Kyutai's Rust runtime (moshi-server, the `moshi` crate) serves as is.
+
+- LM tensors in bf16 under the names the Rust crate reads: PyTorch's
+  `self_attn.in_projs.0.weight` / `out_projs.0.weight` become `in_proj_weight` /
+  `out_proj.weight` (PyTorch moshi maps those back with a load hook, so the directory still
+  loads there); everything else 1:1. A `depformer_in.*` tensor (moshi creates one for dep_q = 0
+  without `depformer_multi_linear`) is dropped: no runtime reads it.
+- The Mimi weights (float32, same renames), the tokenizer and config.json (extra heads and
+  stt_config kept).
+- `moshi-server.toml`: the ASR module section pointing at these files.
+- `manifest.json`: sha256 and size of every file; `verify-candle` refuses a directory whose
+  files no longer match it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .checkpoint import to_legacy_names
+from .io import atomic_dir
+from .models import checkpoint_files
+
+MANIFEST = "manifest.json"
+SERVER_CONFIG = "moshi-server.toml"
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be exported, or an exported directory that was altered."""
+
+
+def _rust_tensors(path: Path, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("depformer_in.")}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    return to_legacy_names(state)
+
+
+def sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def server_config(out: Path, config: dict, batch_size: int = 64) -> str:
+    """moshi-server's `[modules.asr]` section for this model (absolute local paths)."""
+    out = out.resolve()
+    delay = round(config.get("stt_config", {}).get("audio_delay_seconds", 0.5) * 12.5)
+    norm = {"rms_norm_f32": "RmsNorm", "rms_norm": "RmsNorm", "layer_norm": "LayerNorm"}[config["norm"]]
+    lines = [
+        "# moshi-server ASR module serving this exported model (Kyutai's Rust runtime).",
+        "# Merge into a server config that sets static_dir, log_dir, instance_name and authorized_ids,",
+        "# then run: moshi-server worker --config <that file>",
+    ]
+    if "mimi_config_name" in config:
+        lines.append("# NOTE: this model uses a custom Mimi config; moshi-server builds only the standard Mimi.")
+    lines += [
+        "[modules.asr]",
+        'path = "/api/asr-streaming"',
+        'type = "BatchedAsr"',
+        f'lm_model_file = "{out / config.get("moshi_name", "model.safetensors")}"',
+        f'text_tokenizer_file = "{out / config["tokenizer_name"]}"',
+        f'audio_tokenizer_file = "{out / config["mimi_name"]}"',
+        f"asr_delay_in_tokens = {delay}",
+        f"batch_size = {batch_size}",
+        "temperature = 0.0",
+        "",
+        "[modules.asr.model]",
+        f"audio_vocab_size = {config['card'] + 1}",
+        f"text_in_vocab_size = {config['text_card'] + 1}",
+        f"text_out_vocab_size = {config['text_card']}",
+        f"audio_codebooks = {config['n_q'] - config.get('dep_q', 0)}",
+        "",
+        "[modules.asr.model.transformer]",
+        f"d_model = {config['dim']}",
+        f"num_heads = {config['num_heads']}",
+        f"num_layers = {config['num_layers']}",
+        f"dim_feedforward = {int(config['hidden_scale'] * config['dim'])}",
+        f"causal = {str(config.get('causal', True)).lower()}",
+        "norm_first = true",
+        "bias_ff = false",
+        "bias_attn = false",
+        f"context = {config['context']}",
+        f"max_period = {int(config['max_period'])}",
+        "use_conv_block = false",
+        "use_conv_bias = true",
+        *(['gating = "silu"'] if config["gating"] == "silu" else []),
+        f'norm = "{norm}"',
+        f'positional_embedding = "{config["positional_embedding"].capitalize()}"',
+        "conv_layout = false",
+        "conv_kernel_size = 3",
+        "kv_repeat = 1",
+        "max_seq_len = 4096",
+    ]
+    if config.get("extra_heads_num_heads", 0):
+        lines += ["", "[modules.asr.model.extra_heads]",
+                  f"num_heads = {config['extra_heads_num_heads']}", f"dim = {config.get('extra_heads_dim', 6)}"]
+    return "\n".join(lines) + "\n"
+
+
+def export(src: Path, out: Path, batch_size: int = 64) -> Path:
+    """Write the runtime directory for checkpoint `src` to `out`; return `out`."""
+    files = checkpoint_files(Path(src))
+    config = {k: v for k, v in json.loads(files["config"].read_text()).items() if not k.startswith("lora")}
+    if config.get("dep_q", 0) != 0:
+        raise ExportError(f"{files['config']}: dep_q = {config['dep_q']}; only STT checkpoints (dep_q = 0) export")
+    with atomic_dir(out) as tmp:
+        save_file(_rust_tensors(files["lm"], torch.bfloat16), str(tmp / files["lm"].name))
+        save_file(_rust_tensors(files["mimi"], None), str(tmp / files["mimi"].name))
+        shutil.copyfile(files["tokenizer"], tmp / files["tokenizer"].name)
+        if "mimi_config" in files:
+            shutil.copyfile(files["mimi_config"], tmp / files["mimi_config"].name)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / SERVER_CONFIG).write_text(server_config(Path(out), config, batch_size))
+        manifest = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=2) + "\n")
+    return Path(out)
+
+
+def check_manifest(folder: Path) -> list[str]:
+    """Problems with an exported directory's files against its manifest (empty: intact)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return [f"{path}: no manifest; export the model with `invoke export`"]
+    problems = []
+    for name, entry in json.loads(path.read_text())["files"].items():
+        target = Path(folder) / name
+        if not target.is_file():
+            problems.append(f"{target}: listed in the manifest but missing")
+        elif target.stat().st_size != entry["bytes"] or sha256(target) != entry["sha256"]:
+            problems.append(f"{target}: sha256 differs from the manifest (altered after export); re-export it")
+    return problems

@@ -1,0 +1,121 @@
+"""merge: fold a trained LoRA into the base weights, W' = W + scaling * (B @ A).
+
+Computed in float32 from the base's stored values and rounded to bf16 once. Kyutai's Rust
+runtime cannot apply LoRA, so this is what ships. With `ft_embed` the adapter's embedding
+tables replace the base's. The output is a complete checkpoint directory (same files and
+names as the base) whose config has no `lora*` keys: a leftover `"lora": true` would make
+moshi wrap the model in fresh, random LoRA layers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .checkpoint import LEGACY_ATTENTION_NAMES
+from .io import atomic_dir
+from .models import checkpoint_files
+
+LORA_KEYS = ("lora", "lora_rank", "lora_scaling", "lora_name")
+
+
+class MergeError(ValueError):
+    """An adapter that does not fit the base; the message names the tensor or field."""
+
+
+@dataclass
+class MergeReport:
+    tensors_updated: int
+    update_norm: float  # || scaling * B @ A || over all merged weights (float32)
+    kept_fraction: float  # || bf16(W') - W || / || update ||: how much survives bf16 rounding
+    rounding_error: float  # || bf16(W') - (W + update) || / || update ||
+
+
+def _module_of(base_key: str) -> str:
+    """The PyTorch module path a base weight belongs to (legacy attention names mapped)."""
+    for pytorch, legacy in LEGACY_ATTENTION_NAMES.items():
+        if base_key.endswith(legacy):
+            return base_key[: -len(legacy)] + pytorch.removesuffix(".weight")
+    return base_key.removesuffix(".weight")
+
+
+def read_adapter(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """lora.safetensors and config.json of a training checkpoint (or a run's `final/`)."""
+    adapter_dir = Path(adapter_dir)
+    if (adapter_dir / "final" / "lora.safetensors").is_file():
+        adapter_dir = adapter_dir / "final"
+    weights, config = adapter_dir / "lora.safetensors", adapter_dir / "config.json"
+    for path in (weights, config):
+        if not path.is_file():
+            raise MergeError(f"{path}: missing; pass a run folder from `invoke train` or its final/ folder")
+    cfg = json.loads(config.read_text())
+    if not cfg.get("lora") or "lora_scaling" not in cfg:
+        raise MergeError(f"{config}: no `lora`/`lora_scaling` fields; this is not an adapter config")
+    return load_file(str(weights)), cfg
+
+
+def merge(base: Path, adapter: Path, out: Path, dtype: torch.dtype | None = None) -> MergeReport:
+    """Write the merged checkpoint to `out`; return how much of the update survived rounding.
+
+    `dtype`: of the merged LM file; default the base's own (bf16 for Kyutai's files). float32
+    keeps the exact sum, for parity checks."""
+    files = checkpoint_files(Path(base))
+    lora, adapter_cfg = read_adapter(adapter)
+    scaling, rank = float(adapter_cfg["lora_scaling"]), int(adapter_cfg.get("lora_rank", 0))
+    pairs = {k.removesuffix(".lora_A.weight") for k in lora if k.endswith(".lora_A.weight")}
+    tables = {k: v for k, v in lora.items() if ".lora_" not in k}  # ft_embed: full replacements
+    used: set[str] = set()
+    merged: dict[str, torch.Tensor] = {}
+    update_sq = kept_sq = error_sq = 0.0
+    with safe_open(str(files["lm"]), "pt") as f:
+        for key in tqdm(list(f.keys()), desc="merge", unit="tensor", leave=False):
+            stored = f.get_tensor(key)
+            target = dtype if dtype is not None and stored.is_floating_point() else stored.dtype
+            module = _module_of(key)
+            if key in tables:
+                merged[key] = _replace_table(key, stored, tables[key]).to(target)
+                used.add(key)
+            elif module in pairs:
+                a, b = lora[f"{module}.lora_A.weight"].float(), lora[f"{module}.lora_B.weight"].float()
+                if b.shape[0] != stored.shape[0] or a.shape[1] != stored.shape[1] or a.shape[0] != b.shape[1]:
+                    raise MergeError(f"{adapter}: LoRA for {key} has A {tuple(a.shape)}, B {tuple(b.shape)}; "
+                                     f"the base weight is {tuple(stored.shape)}: adapter and base do not match")
+                if rank and a.shape[0] != rank:
+                    raise MergeError(f"{adapter}: {module}.lora_A has rank {a.shape[0]}, config says lora_rank {rank}")
+                update = scaling * (b @ a)
+                exact = stored.float() + update
+                rounded = exact.to(target)
+                update_sq += update.pow(2).sum().item()
+                kept_sq += (rounded.float() - stored.float()).pow(2).sum().item()
+                error_sq += (rounded.float() - exact).pow(2).sum().item()
+                merged[key] = rounded
+                used.update({f"{module}.lora_A.weight", f"{module}.lora_B.weight"})
+            else:
+                merged[key] = stored.to(target)
+    leftover = sorted(set(lora) - used)
+    if leftover:
+        raise MergeError(f"{adapter}: {len(leftover)} adapter tensors match nothing in {files['lm']} "
+                         f"(first: {leftover[0]}); was it trained on another base?")
+    config = {k: v for k, v in json.loads(files["config"].read_text()).items() if k not in LORA_KEYS}
+    with atomic_dir(out) as tmp:
+        save_file(merged, str(tmp / files["lm"].name))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for key in ("mimi", "tokenizer", "mimi_config"):
+            if key in files:
+                shutil.copyfile(files[key], tmp / files[key].name)
+    norm = update_sq ** 0.5
+    return MergeReport(len(pairs), norm, (kept_sq ** 0.5) / norm if norm else 0.0,
+                       (error_sq ** 0.5) / norm if norm else 0.0)
+
+
+def _replace_table(key: str, stored: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    if table.shape != stored.shape:
+        raise MergeError(f"embedding table {key}: adapter has {tuple(table.shape)}, base {tuple(stored.shape)}")
+    return table.to(stored.dtype)
