@@ -15,8 +15,8 @@ French text, with Kyutai's special ids (0 = end of padding, 3 = padding, text_ca
 
 Random Mimi weights alone would map every input to code 0 (moshi's codebooks start at zero and
 are only filled by k-means during training), making every code-level check compare zeros with
-zeros. The codebooks are therefore fitted here by k-means on the Mimi's own latents of
-synthetic, speech-like audio.
+zeros. The codebooks are therefore fitted here on the Mimi's own latents of synthetic,
+speech-like audio (see `fit_mimi_codebooks`).
 """
 
 from __future__ import annotations
@@ -80,14 +80,14 @@ def _tiny_mimi_config(n_q: int, bins: int) -> dict:
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
-        dim=64, num_heads=4, num_layers=2, n_q=8, card=256, text_card=1000,
-        mimi=_tiny_mimi_config(n_q=8, bins=256), mimi_name="mimi-tiny.safetensors",
-        tokenizer_name="tokenizer_en_fr_audio_1000.model", fit_seconds=60.0, kmeans_iters=10,
+        dim=64, num_heads=4, num_layers=2, n_q=8, card=64, text_card=1000,
+        mimi=_tiny_mimi_config(n_q=8, bins=64), mimi_name="mimi-tiny.safetensors",
+        tokenizer_name="tokenizer_en_fr_audio_1000.model", fit_seconds=120.0, kmeans_iters=10,
     ),
     "1b": Preset(
         dim=2048, num_heads=16, num_layers=16, n_q=32, card=2048, text_card=8000,
         mimi=None, mimi_name="mimi-pytorch-e351c8d8@125.safetensors",
-        tokenizer_name="tokenizer_en_fr_audio_8000.model", fit_seconds=200.0, kmeans_iters=6,
+        tokenizer_name="tokenizer_en_fr_audio_8000.model", fit_seconds=120.0, kmeans_iters=6,
     ),
 }
 
@@ -214,20 +214,41 @@ def synthetic_audio(seconds: float, seed: int) -> np.ndarray:
 
 
 def _kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    means = x[torch.randint(len(x), (k,), generator=gen)].clone()
+    """k-means with farthest-point initialisation, so centroids are well separated.
+
+    Random-weight Mimi latents of quiet audio are nearly identical; centroids spent on them
+    sit almost on top of each other and the argmin between them is decided by rounding noise,
+    so PyTorch and Candle (or batch and streaming encodes) would disagree on those codes.
+    Spreading the centroids first keeps every decision clear of such near-ties.
+    """
+    means = torch.empty(k, x.shape[1], dtype=x.dtype)
+    means[0] = x[torch.randint(len(x), (1,), generator=gen)]
+    nearest = torch.cdist(x, means[:1])[:, 0]
+    for i in range(1, k):
+        means[i] = x[nearest.argmax()]
+        nearest = torch.minimum(nearest, torch.cdist(x, means[i:i + 1])[:, 0])
     for _ in range(iters):
         assign = torch.cdist(x, means).argmin(dim=1)
-        counts = torch.bincount(assign, minlength=k).clamp(min=1).unsqueeze(1).to(x.dtype)
+        counts = torch.bincount(assign, minlength=k)
         sums = torch.zeros_like(means).index_add_(0, assign, x)
-        empty = torch.bincount(assign, minlength=k) == 0
-        refill = x[torch.randint(len(x), (k,), generator=gen)]
-        means = torch.where(empty[:, None], refill, sums / counts)
+        updated = sums / counts.clamp(min=1).unsqueeze(1).to(x.dtype)
+        means = torch.where((counts > 0)[:, None], updated, means)  # empty clusters stay put
     return means
+
+
+MIN_LATENTS_PER_CODE = 16  # fewer and k-means memorises the data: deep residuals vanish
+
+
+def _gaussian_codebook(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Random centroids with the data's mean and spread: well separated in high dimension."""
+    return x.mean(0) + x.std(0) * torch.randn(k, x.shape[1], generator=gen)
 
 
 @torch.no_grad()
 def fit_mimi_codebooks(mimi, seconds: float, iters: int, seed: int) -> None:
-    """Fill every codebook by k-means on the residuals of the Mimi's own latents."""
+    """Fill every codebook from the residuals of the Mimi's own latents on synthetic audio:
+    k-means where there are enough latents per code (tiny), otherwise Gaussian centroids
+    matched to the residual (the 1b preset's 2048 codes would need hours of audio)."""
     audio = torch.from_numpy(synthetic_audio(seconds, seed))
     window = 10 * SAMPLE_RATE
     chunks = audio[: len(audio) // window * window].view(-1, 1, window)
@@ -241,8 +262,13 @@ def fit_mimi_codebooks(mimi, seconds: float, iters: int, seed: int) -> None:
             current, residual = rvq, rvq.input_proj(latent)
         x = layer.project_in(residual.transpose(1, 2))
         x = x.reshape(-1, x.shape[-1])
+        k = layer.codebook_size
+        if len(x) >= MIN_LATENTS_PER_CODE * k:
+            centroids = _kmeans(x, k, iters, gen)
+        else:
+            centroids = _gaussian_codebook(x, k, gen)
         codebook = layer._codebook
-        codebook.embedding_sum.copy_(_kmeans(x, layer.codebook_size, iters, gen))
+        codebook.embedding_sum.copy_(centroids)
         codebook.cluster_usage.fill_(1.0)
         codebook._initialized.fill_(1.0)
         codebook._embedding = None  # drop moshi's cached embedding so the new values are used

@@ -1,9 +1,17 @@
-"""verify-candle: check a checkpoint in Kyutai's Rust runtime (the `candle_bridge` extension).
+"""verify-candle: prove a checkpoint runs the same in Kyutai's Rust runtime as in PyTorch.
 
-Today: the loader report. The Rust `moshi` crate builds the LM and the Mimi from config.json,
-and every tensor it asks for is compared with the files: missing, unexpected, wrong shape,
-wrong dtype; then both models are loaded for real. Streaming parity against PyTorch is
-added by issue #5 in this same module.
+(a) Loader report: the Rust `moshi` crate builds the LM and the Mimi from config.json, and
+    every tensor it asks for is compared with the files (missing, unexpected, wrong shape,
+    wrong dtype); then both models are loaded for real.
+(b) Mimi: codes from Candle's streaming encoder against PyTorch moshi's, float32.
+(c) Streaming LM with identical codes: per step, max |delta text logits|, greedy-token
+    agreement and max |delta pause probability|, over at least 200 steps.
+
+Input convention. Kyutai's Rust ASR (`moshi::asr::State`, what moshi-server runs) feeds the
+LM the PREVIOUS frame's audio codes at each step (the pad token `card` at step 0), as training
+does. PyTorch's `LMGen` feeds the current frame's codes. The PyTorch reference here steps
+moshi's `LMModel` in streaming mode with the Rust convention, so both sides see identical
+inputs; `pytorch_reference(..., check_lmgen=True)` shows it equals `LMGen` fed one frame late.
 """
 
 from __future__ import annotations
@@ -13,7 +21,10 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 PROBLEMS = ("missing", "unexpected", "wrong_shape", "wrong_dtype")
 
@@ -62,14 +73,144 @@ def format_report(report: dict, limit: int = 8) -> str:
     return "\n".join(rows + details + [verdict])
 
 
-def verify_candle(ckpt: str | Path, lm_dtype: str = "bf16") -> dict:
-    """Print the loader report; raise VerificationFailed (with the table) if anything is off."""
+def verify_candle(ckpt: str | Path, lm_dtype: str = "bf16", audio: np.ndarray | None = None) -> dict:
+    """Print the loader report and the parity table; raise VerificationFailed (with the
+    tables) if any check fails. An exported directory must also match its manifest."""
+    from .export import MANIFEST, check_manifest
+
+    ckpt = Path(ckpt)
+    if (ckpt / MANIFEST).is_file() and (problems := check_manifest(ckpt)):
+        raise VerificationFailed("\n".join(problems + ["FAILED: the exported files were altered; re-export"]))
     report = candle_report(ckpt, lm_dtype)
     table = format_report(report)
     if not report["ok"]:
         raise VerificationFailed(table)
-    print(table)
-    return report
+    print(table, flush=True)  # the loader part, even if parity fails below
+    mimi_agreement, rows = streaming_parity(ckpt, audio)
+    parity = format_parity(mimi_agreement, rows)
+    if mimi_agreement < MIMI_CODE_AGREEMENT or not all(r.passed for r in rows):
+        raise VerificationFailed(parity + "\nFAILED: PyTorch and Candle disagree")
+    print(parity)
+    return {"report": report, "mimi_code_agreement": mimi_agreement, "parity": [asdict(r) for r in rows]}
+
+
+# --- streaming parity --------------------------------------------------------------------------
+
+FRAME = 1920
+LOGIT_TOLERANCE = 1e-3  # float32 max |delta logit|; the aim is 1e-4
+BF16_TOKEN_AGREEMENT = 0.99
+# Random-weight Mimis put some latents within float32 noise of two codes, so even PyTorch's
+# own batch and streaming encodes differ on about 1 % of codes; a real decoder bug moves far more.
+MIMI_CODE_AGREEMENT = 0.98
+
+
+@dataclass
+class StreamOutputs:
+    tokens: np.ndarray  # [T] greedy text tokens
+    logits: np.ndarray  # [T, text_card]
+    pause: np.ndarray  # [T, heads] P(pause) per head
+
+
+@dataclass
+class Parity:
+    runtime: str  # e.g. "candle f32 vs torch f32"
+    steps: int
+    max_logit_delta: float
+    token_agreement: float
+    max_pause_delta: float
+    passed: bool
+
+
+def test_audio(seconds: float = 17.0, seed: int = 7) -> np.ndarray:
+    """Deterministic speech-like audio, a whole number of frames (>= 200 steps at 17 s)."""
+    from .checkpoint import synthetic_audio
+
+    audio = synthetic_audio(seconds, seed)
+    return audio[: len(audio) // FRAME * FRAME]
+
+
+def torch_codes(ckpt: Path, audio: np.ndarray):
+    """PyTorch moshi's streaming Mimi codes, [T, n_q]."""
+    import torch
+
+    from .models import load_mimi
+
+    mimi = load_mimi(ckpt)
+    pcm = torch.from_numpy(audio)[None, None]
+    with torch.no_grad(), mimi.streaming(1):
+        frames = [mimi.encode(pcm[..., i:i + FRAME]) for i in range(0, pcm.shape[-1], FRAME)]
+    return torch.cat(frames, dim=-1)[0].T.numpy()
+
+
+def torch_stream(ckpt: Path, codes: np.ndarray, dtype: str = "f32",
+                 forced_text: np.ndarray | None = None) -> StreamOutputs:
+    """Greedy streaming in PyTorch with the Rust runtime's input convention (see module doc).
+
+    `forced_text`: feed these tokens back instead of our own greedy choices, so each step's
+    decision is compared on identical inputs even after an earlier disagreement."""
+    import torch
+
+    from .models import load_lm
+
+    lm = load_lm(ckpt, dtype=torch.float32 if dtype == "f32" else torch.bfloat16)
+    text, audio_prev = lm.text_card, torch.full((lm.n_q,), lm.card, dtype=torch.long)
+    tokens, logits, pause = [], [], []
+    with torch.no_grad(), lm.streaming(1):
+        for frame in torch.from_numpy(codes.astype(np.int64)):
+            step_in = torch.cat([torch.tensor([text]), audio_prev]).view(1, -1, 1)
+            hidden, step_logits = lm.forward_text(step_in)
+            step_logits = step_logits[0, 0, 0].float()
+            heads = [torch.softmax(h(hidden).float(), dim=-1)[0, 0, 0] for h in lm.extra_heads]
+            tokens.append(int(step_logits.argmax()))
+            text = tokens[-1] if forced_text is None else int(forced_text[len(tokens) - 1])
+            logits.append(step_logits.numpy())
+            pause.append([h.item() for h in heads])
+            audio_prev = frame
+    return StreamOutputs(np.array(tokens), np.stack(logits), np.array(pause, dtype=np.float32).reshape(len(tokens), -1))
+
+
+def candle_stream(ckpt: Path, codes: np.ndarray, dtype: str = "f32") -> StreamOutputs:
+    import candle_bridge
+
+    streamer = candle_bridge.Streamer(str(ckpt), dtype)
+    steps = [streamer.step_tokens([int(c) for c in frame]) for frame in codes]
+    return StreamOutputs(np.array([s[0] for s in steps]), np.stack([s[1] for s in steps]),
+                         np.stack([s[2] for s in steps]))
+
+
+def compare(reference: StreamOutputs, candidate: StreamOutputs, runtime: str, min_agreement: float,
+            max_logit_delta: float | None) -> Parity:
+    delta = float(np.abs(reference.logits - candidate.logits).max())
+    agreement = float((reference.tokens == candidate.tokens).mean())
+    pause = float(np.abs(reference.pause - candidate.pause).max()) if reference.pause.size else 0.0
+    passed = agreement >= min_agreement and (max_logit_delta is None or delta <= max_logit_delta)
+    return Parity(runtime, len(reference.tokens), delta, agreement, pause, passed)
+
+
+def streaming_parity(ckpt: Path, audio: np.ndarray | None = None) -> tuple[float, list[Parity]]:
+    """Mimi code agreement and LM parity rows (float32, then PyTorch bf16 against Candle)."""
+    import candle_bridge
+
+    audio = test_audio() if audio is None else audio
+    codes = torch_codes(ckpt, audio)
+    candle_codes = candle_bridge.Streamer(str(ckpt)).encode_pcm(audio.astype(np.float32))
+    mimi_agreement = float((codes == candle_codes).mean()) if codes.shape == candle_codes.shape else 0.0
+    # The LM rows use PyTorch's codes on both sides: identical inputs, whatever Mimi did.
+    candle = candle_stream(ckpt, codes)
+    rows = [compare(torch_stream(ckpt, codes), candle, "candle f32 vs torch f32", 1.0, LOGIT_TOLERANCE),
+            compare(torch_stream(ckpt, codes, "bf16", forced_text=candle.tokens), candle,
+                    "candle f32 vs torch bf16", BF16_TOKEN_AGREEMENT, None)]
+    return mimi_agreement, rows
+
+
+def format_parity(mimi_agreement: float, rows: list[Parity]) -> str:
+    lines = [f"Mimi codes, Candle vs PyTorch (float32): {100 * mimi_agreement:.2f} % equal",
+             f"{'LM streaming, identical codes':<28} {'steps':>5} {'max|dlogit|':>11} {'tokens equal':>12} "
+             f"{'max|dpause|':>11}  result"]
+    for r in rows:
+        lines.append(f"{r.runtime:<28} {r.steps:>5} {r.max_logit_delta:>11.2e} {100 * r.token_agreement:>11.2f}% "
+                     f"{r.max_pause_delta:>11.2e}  {'ok' if r.passed else 'FAILED'}")
+    return "\n".join(lines)
 
 
 # --- load time and memory, each runtime in a fresh process -----------------------------------

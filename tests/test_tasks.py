@@ -42,10 +42,17 @@ def test_verify_candle_on_a_broken_checkpoint_exits_nonzero(tiny_copy):
     assert "lm missing: text_emb.weight" in result.stderr
 
 
-def test_verify_candle_on_a_clean_checkpoint(tiny_ckpt):
+def test_verify_candle_on_a_clean_random_checkpoint(tiny_ckpt):
+    """Loader and float32 parity pass; a random model's flat logits may fail only the bf16 gate
+    (the whole table passing is checked on a trained model by `invoke all`)."""
     result = invoke("verify-candle", "--model", str(tiny_ckpt))
-    assert result.returncode == 0, result.stderr
-    assert "OK: the checkpoint loads cleanly" in result.stdout
+    out = result.stdout + result.stderr
+    assert "OK: the checkpoint loads cleanly" in out
+    f32_row = next(line for line in out.splitlines() if line.startswith("candle f32 vs torch f32"))
+    assert f32_row.endswith("ok")
+    if result.returncode != 0:
+        failed = [line for line in out.splitlines() if line.endswith("FAILED")]
+        assert failed and all(line.startswith("candle f32 vs torch bf16") for line in failed), out
 
 
 def test_config_prints_documented_yaml():

@@ -70,7 +70,7 @@ def test_epoch_batches_are_deterministic_and_sharded(samples):
 def test_batch_targets_line_up_with_the_audio(samples, tiny_ckpt):
     tok = load_tokenizer(tiny_ckpt)
     n0, n1 = samples[0].frames, samples[1].frames
-    batch = tr.make_batch([[(0, 0, n0), (1, 0, n1)]], samples, n0 + n1 + 20, tok.encode, 1000, 256, delay=0.5)
+    batch = tr.make_batch([[(0, 0, n0), (1, 0, n1)]], samples, n0 + n1 + 20, tok.encode, 1000, 64, delay=0.5)
     assert torch.equal(batch.inputs[0, 1:, 1:n0 + 1], samples[0].codes)  # shifted by one frame
     assert torch.equal(batch.inputs[0, 1:, n0 + 1:n0 + n1 + 1], samples[1].codes)
     assert (batch.text[0, n0 + n1:] == -1).all() and (batch.text[0, :6] == -1).all()
@@ -110,7 +110,7 @@ def test_saved_adapter_reproduces_the_trained_model_through_moshi(tmp_path, tiny
     ours = load_lm(tiny_ckpt)
     tr.apply_lora(ours, cfg.train.lora_rank, cfg.train.lora_scaling)
     ours.load_state_dict(adapter, strict=False)
-    batch = tr.make_batch([[(0, 0, samples[0].frames)]], samples, samples[0].frames, tok.encode, 1000, 256, 0.5)
+    batch = tr.make_batch([[(0, 0, samples[0].frames)]], samples, samples[0].frames, tok.encode, 1000, 64, 0.5)
     with torch.no_grad():
         a_text, a_heads = tr.forward_stt(moshi_lm, batch.inputs)
         b_text, b_heads = tr.forward_stt(ours, batch.inputs)

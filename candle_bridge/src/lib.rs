@@ -4,6 +4,9 @@
 //!
 //! The expected tensors are not listed anywhere in this crate: they are recorded by running the
 //! moshi constructors against a recording `VarBuilder` backend (see [`record_requests`]).
+//!
+//! [`Streamer`] then runs a checkpoint the way Kyutai's ASR server does, step by step, and
+//! returns each step's text token, text logits and pause probabilities.
 
 mod checkpoint;
 mod json_fields;
@@ -13,10 +16,13 @@ mod models;
 mod recorder;
 mod report;
 mod safetensors_header;
+mod streaming;
 mod transformer_keys;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_streamer;
 
 pub use checkpoint::Checkpoint;
 pub use lm_config::lm_config_from_json;
@@ -27,3 +33,4 @@ pub use report::{
     check_checkpoint, CheckpointReport, PartReport, TensorEntry, WrongDtype, WrongShape,
 };
 pub use safetensors_header::{read_tensor_index, TensorInfo};
+pub use streaming::{Step, Streamer};

@@ -26,5 +26,6 @@ fn py_check_checkpoint(py: Python<'_>, path: &str, lm_dtype: &str) -> PyResult<S
 fn candle_bridge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(py_check_checkpoint, m)?)?;
+    m.add_class::<crate::python_streamer::PyStreamer>()?;
     Ok(())
 }
