@@ -17,6 +17,7 @@ from .checkpoint import PRESETS, make_checkpoint
 
 # The files moshi and the Rust runtime read from a checkpoint directory.
 HUB_PATTERNS = ["config.json", "*.safetensors", "*.model", "*.json"]
+SAFE_WEIGHTS = (".safetensors", ".sft", ".sfts")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -47,6 +48,11 @@ def checkpoint_files(ckpt: Path) -> dict[str, Path]:
     for key, path in files.items():
         if not path.is_file():
             raise ModelError(f"{path}: {key} file named in config.json is missing; copy it into {ckpt}")
+    for key in ("lm", "mimi"):
+        if files[key].suffix not in SAFE_WEIGHTS:
+            # moshi would torch.load() it: unpickling an untrusted file can run arbitrary code.
+            raise ModelError(f"{files[key]}: not a safetensors file; pickle checkpoints are refused, "
+                             "convert it to .safetensors first")
     return files
 
 

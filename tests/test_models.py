@@ -100,3 +100,12 @@ def test_extra_heads_are_detected(tiny_copy):
     config["extra_heads_num_heads"] = 0
     (tiny_copy / "config.json").write_text(json.dumps(config))
     assert not models.has_extra_heads(tiny_copy)
+
+
+def test_pickle_weights_are_refused(tiny_copy):
+    config = json.loads((tiny_copy / "config.json").read_text())
+    config["moshi_name"] = "model.pt"
+    (tiny_copy / "model.pt").write_bytes(b"\x80\x04not really a pickle")
+    (tiny_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"model.pt: not a safetensors file; pickle checkpoints are refused"):
+        resolve_model(str(tiny_copy))

@@ -1,0 +1,38 @@
+"""Atomic outputs: a failed write leaves neither a partial file nor a temporary behind."""
+
+import pytest
+
+from pipeline.io import atomic_dir, atomic_file
+
+
+def test_failed_file_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"good")
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(28, "No space left on device (simulated)")
+    assert target.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_failed_folder_write_keeps_the_old_folder(tmp_path):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "a").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "a").write_text("new")
+            raise KeyboardInterrupt
+    assert (target / "a").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_successful_folder_write_replaces_the_old_one(tmp_path):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "stale").write_text("x")
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
