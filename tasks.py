@@ -48,10 +48,6 @@ def _model_dir(cfg):
     return _model_dir_for(cfg, cfg.model.source)
 
 
-def _pending(stage: str, issue: int) -> None:
-    raise Exit(f"`invoke {stage}` is not built yet: it arrives with issue #{issue}. Nothing was run.", code=3)
-
-
 @task(help={"out": "write the documented config to this file instead of printing it", **HELP}, iterable=["set_"])
 def config(c, config=None, set_=None, out=None):
     """Print the full config with every field documented (or write it to --out)."""
@@ -81,16 +77,40 @@ def checkpoint(c, preset="tiny", out=None, seed=None, config=None, set_=None):
     print(f"wrote the '{preset}' checkpoint to {path} in {time.perf_counter() - start:.1f} s")
 
 
-@task(**COMMON)
-def data(c, config=None, set_=None, model=None):
-    """Build the training/eval dataset (number prompts, TTS, word timings). [issue #3]"""
-    _pending("data", 3)
+@task(help={"check": "validate the dataset folder DIR instead of building one (exit 1 on problems)", **HELP,
+            **MODEL_HELP}, iterable=["set_"])
+def data(c, config=None, set_=None, model=None, check=None):
+    """Build the training/eval dataset: number prompts, TTS with word timings, Whisper alignment."""
+    import time
+
+    from pipeline import data as stage
+
+    if check:
+        problems = stage.check_dataset(check)
+        for line in problems:
+            print(line)
+        if problems:
+            raise Exit(f"{len(problems)} problem(s) in {check}", code=1)
+        print(f"OK: {check} is a valid dataset")
+        return
+    cfg = _config(config, set_ or [], model)
+    start = time.perf_counter()
+    out = _run_stage(stage.build_dataset, cfg)
+    print(f"wrote {out}: {stage.summary(out)} in {time.perf_counter() - start:.1f} s")
 
 
-@task(**COMMON)
-def record(c, config=None, set_=None, model=None):
-    """Record your own voice reading the prompts. [issue #3]"""
-    _pending("record", 3)
+@task(help={"count": "how many prompts to read (default 20)", "lang": "en or fr",
+            "seed": "prompt seed (default: data.seed; change it for new prompts)", **HELP, **MODEL_HELP},
+      iterable=["set_"])
+def record(c, config=None, set_=None, model=None, count=20, lang="en", seed=None):
+    """Record your own voice reading prompts (Enter starts and stops each take)."""
+    from pipeline.data import record_session
+
+    cfg = _config(config, set_ or [], model)
+    out = cfg.output_path(cfg.data.recordings)
+    paths = _run_stage(record_session, out, int(count), cfg.data.seed if seed is None else int(seed), lang)
+    print(f"recorded {len(paths)} prompt(s) in {out}; add them to the dataset with:\n"
+          f"  invoke data --set 'data.audio_dirs=[\"{out}\"]'")
 
 
 @task(help={"resume": "continue the run in train.out from its last checkpoint",
@@ -157,16 +177,31 @@ def _model_dir_for(cfg, source):
     return _run_stage(resolve_model, source, cfg.artifacts_dir, cfg.model.revision, cfg.checkpoint.seed)
 
 
-@task(name="eval", **COMMON)
-def eval_(c, config=None, set_=None, model=None):
-    """A/B report of base vs fine-tuned: digit form, WER, premature VAD cut-offs. [issue #6]"""
-    _pending("eval", 6)
+@task(name="eval", help={"candidate": "shortcut for --set eval.candidate=...: 'merged', 'export' or a checkpoint",
+                         "data": "shortcut for --set eval.data=...: dataset folder, or audio files with .txt "
+                                 "transcripts", **HELP, **MODEL_HELP}, iterable=["set_"])
+def eval_(c, config=None, set_=None, model=None, candidate=None, data=None):
+    """A/B report of base vs fine-tuned: digit form, raw WER, premature VAD cut-offs (HTML + PNGs)."""
+    from pipeline.eval import evaluate, summary_table
+
+    extra = ([f"eval.candidate={candidate}"] if candidate else []) + ([f"eval.data={data}"] if data else [])
+    cfg = _config(config, list(set_ or []) + extra, model)
+    out = _run_stage(evaluate, cfg)
+    print(summary_table(out))
+    print(f"report: {out / 'index.html'}")
 
 
 @task(**COMMON)
 def bench(c, config=None, set_=None, model=None):
-    """Benchmarks at the 1B shape against the moshi-module peer. [issue #8]"""
-    _pending("bench", 8)
+    """Training throughput at the 1B shape against the moshi-module peer (needs a CUDA GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Exit("`invoke bench` times GPU training and needs a CUDA GPU; figures measured on the "
+                   "GPU box are in docs/benchmarks.md. Nothing was run.", code=3)
+    from pipeline.bench import run_train_benchmarks
+
+    run_train_benchmarks()
 
 
 @task(name="verify-candle", **COMMON)
@@ -192,16 +227,19 @@ def load_check(c, config=None, set_=None, model=None):
 
 @task(name="all", **COMMON)
 def all_(c, config=None, set_=None, model=None):
-    """The whole pipeline on the configured model (default: the tiny checkpoint, offline)."""
-    from pipeline.models import load_lm
-    from pipeline.verify import verify_candle as run
-
+    """The whole pipeline on the configured model (default: the tiny checkpoint, offline):
+    data -> train -> merge -> export -> verify-candle -> eval. A finished training run in
+    train.out is reused (resumed at its last step), so `invoke all` can be run again."""
     cfg = _config(config, set_ or [], model)
-    ckpt = _model_dir(cfg)
-    lm = _run_stage(load_lm, ckpt)
-    print(f"PyTorch (moshi loaders): {ckpt} loaded strictly, {sum(p.numel() for p in lm.parameters()):,} LM parameters")
-    _run_stage(run, ckpt, cfg.verify.lm_dtype)
-    print("Not built yet, skipped: data (#3), train (#4), merge and export (#5), eval (#6).")
+    common = {"config": config, "set_": set_ or [], "model": model}
+    for title, stage, extra in (("data", data, {}), ("train", train, {"resume": True}),
+                                ("merge", merge, {}), ("export", export, {})):
+        print(f"\n== invoke {title}", flush=True)
+        stage(c, **common, **extra)
+    print("\n== invoke verify-candle (the exported model)", flush=True)
+    verify_candle(c, config=config, set_=set_ or [], model=str(cfg.output_path(cfg.export.out)))
+    print("\n== invoke eval", flush=True)
+    eval_(c, **common)
 
 
 @task(help={"k": "only run tests matching this pytest expression"})

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,3 +314,38 @@ _NON_LM_KEYS = {
     "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
     "lm_gen_config", "tts_config", "stt_config", "model_id",
 }
+
+
+def graft_heads(base: str | Path, donor: str | Path, out: str | Path) -> Path:
+    """Copy of checkpoint `base` carrying the pause heads of `donor` (same LM width).
+
+    For bases published without heads (`kyutai/stt-1b-en_fr` lacks the ones its `-candle`
+    twin has): the heads read the final hidden state, so they only make sense when the donor
+    shares the base's trunk, e.g. the `-candle` repo of the same model.
+    """
+    from safetensors import safe_open
+
+    from .models import ModelError, checkpoint_files
+
+    base_files, donor_files = checkpoint_files(Path(base)), checkpoint_files(Path(donor))
+    donor_cfg = json.loads(donor_files["config"].read_text())
+    config = json.loads(base_files["config"].read_text())
+    if not donor_cfg.get("extra_heads_num_heads"):
+        raise ModelError(f"{donor_files['config']}: the donor has no extra heads to graft")
+    if donor_cfg["dim"] != config["dim"]:
+        raise ModelError(f"{donor}: dim {donor_cfg['dim']} differs from the base's {config['dim']}; "
+                         "heads only transfer between checkpoints of the same model")
+    with safe_open(str(base_files["lm"]), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("extra_heads.")}
+    dtype = state["text_linear.weight"].dtype
+    with safe_open(str(donor_files["lm"]), "pt") as f:
+        state |= {k: f.get_tensor(k).to(dtype) for k in f.keys() if k.startswith("extra_heads.")}
+    config |= {"extra_heads_num_heads": donor_cfg["extra_heads_num_heads"],
+               "extra_heads_dim": donor_cfg.get("extra_heads_dim", 6)}
+    with atomic_dir(Path(out)) as tmp:
+        for key, path in base_files.items():
+            if key not in ("lm", "config"):
+                shutil.copyfile(path, tmp / path.name)
+        save_file(state, str(tmp / base_files["lm"].name))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return Path(out)

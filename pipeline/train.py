@@ -65,25 +65,33 @@ class Batch:
 Segment = tuple[int, int, int]  # (sample index, first frame, number of frames)
 
 
+MIN_PIECE = 12  # frames (~1 s): a window with less room left is closed rather than given a sliver
+
+
 def pack_windows(lengths: Sequence[int], window: int, order: Sequence[int]) -> list[list[Segment]]:
-    """First-fit packing of whole utterances into windows; longer ones are cut into windows
-    of their own (a cut piece must start a window so its first frames are masked)."""
+    """Lay utterances end to end in `order` and cut the stream into windows of `window` frames.
+
+    An utterance that does not fit is cut; its continuation starts the next window, whose
+    first frames are masked (the words being written there started before the window). A
+    window with under MIN_PIECE frames of room is closed instead, so padding stays below
+    MIN_PIECE / window (3.2 % for 30 s windows)."""
     windows: list[list[Segment]] = []
-    free: list[int] = []
+    current: list[Segment] = []
+    room = window
     for idx in order:
-        n = lengths[idx]
-        if n > window:
-            for start in range(0, n, window):
-                windows.append([(idx, start, min(window, n - start))])
-                free.append(0)
-            continue
-        slot = next((w for w, room in enumerate(free) if room >= n), None)
-        if slot is None:
-            windows.append([])
-            free.append(window)
-            slot = len(windows) - 1
-        windows[slot].append((idx, 0, n))
-        free[slot] -= n
+        start, left = 0, lengths[idx]
+        while left > 0:
+            if room < min(MIN_PIECE, left):
+                windows.append(current)
+                current, room = [], window
+            take = min(left, room)
+            current.append((idx, start, take))
+            start, left, room = start + take, left - take, room - take
+            if room == 0:
+                windows.append(current)
+                current, room = [], window
+    if current:
+        windows.append(current)
     return windows
 
 
@@ -95,6 +103,8 @@ def epoch_batches(samples: Sequence[Sample], window: int, batch_size: int, seed:
     order = list(range(len(samples)))
     rng.shuffle(order)
     windows = pack_windows([s.frames for s in samples], window, order)
+    if len(windows) > 1 and sum(n for _, _, n in windows[-1]) < window - MIN_PIECE:
+        windows.pop()  # the stream's ragged end: those utterances come earlier in other epochs
     rng.shuffle(windows)
     windows = windows[rank::world]
     return [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
@@ -246,7 +256,7 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
         raise TrainingError(
             f"{ckpt} has no extra heads (pause predictors): fine-tuning it would ship a model without "
             "the VAD. Start from a checkpoint that has them (kyutai/stt-1b-en_fr-candle, not "
-            "kyutai/stt-1b-en_fr), or graft them with `invoke graft-heads`")
+            "kyutai/stt-1b-en_fr), or graft them: `invoke graft-heads --model BASE --heads-from DONOR`")
 
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if tc.device == "auto" else tc.device
@@ -270,6 +280,8 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
     model = SttForward(lm)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device])
+    if tc.compile and device.startswith("cuda"):
+        model = torch.compile(model)
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=tc.weight_decay)
 
     start = 0

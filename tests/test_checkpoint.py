@@ -142,3 +142,25 @@ def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_unknown_preset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         ck.make_checkpoint("huge", tmp_path / "x")
+
+
+def test_heads_can_be_grafted_onto_a_checkpoint_without_them(tiny_ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.models import has_extra_heads
+
+    headless = tmp_path / "headless"
+    ck.make_checkpoint("tiny", headless, seed=3)
+    config = json.loads((headless / "config.json").read_text())
+    config["extra_heads_num_heads"] = 0
+    (headless / "config.json").write_text(json.dumps(config))
+    state = {k: v for k, v in load_file(str(headless / "model.safetensors")).items() if not k.startswith("extra_heads")}
+    save_file(state, str(headless / "model.safetensors"))
+    assert not has_extra_heads(headless)
+
+    out = ck.graft_heads(headless, tiny_ckpt, tmp_path / "grafted")
+    assert has_extra_heads(out)
+    grafted, donor = _tensors(out / "model.safetensors"), _tensors(tiny_ckpt / "model.safetensors")
+    assert torch.equal(grafted["extra_heads.2.weight"], donor["extra_heads.2.weight"])
+    assert torch.equal(grafted["text_linear.weight"], state["text_linear.weight"])
+    assert len(load_lm(out).extra_heads) == 4  # strict moshi load

@@ -18,10 +18,10 @@ def test_list_shows_every_stage():
         assert f"  {name} " in out
 
 
-def test_pending_stage_says_so_and_runs_nothing():
-    result = invoke("eval")
+def test_gpu_benchmark_without_a_gpu_says_so_and_runs_nothing():
+    result = invoke("bench")
     assert result.returncode == 3
-    assert "not built yet" in result.stderr and "#6" in result.stderr
+    assert "needs a CUDA GPU" in result.stderr and "Nothing was run" in result.stderr
 
 
 def test_bad_override_is_one_line_with_exit_code_2():

@@ -63,6 +63,8 @@ def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
             dtype, size = take("B"), take("I")
             if dtype not in _CT2_DTYPES:
                 raise WhisperError(f"{path}: variable {name} has unsupported dtype id {dtype}")
+            if pos + size > len(data):
+                raise struct.error("variable runs past the end of the file")
             out[name] = np.frombuffer(data, _CT2_DTYPES[dtype], size // np.dtype(_CT2_DTYPES[dtype]).itemsize,
                                       pos).reshape(dims)
             pos += size

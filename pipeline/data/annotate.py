@@ -1,0 +1,282 @@
+"""Word timings from openai-whisper: transcribe, force-align a known text, pick the reading.
+
+Whisper writes dictated digits as "1296803", "129-6803" or "1, 2, 9". We never keep those:
+the words to align are always the spoken word form (from the prompt, the user's transcript, or
+Whisper's transcript run through the normalizer), and Whisper's cross-attention is then used to
+force-align exactly those words ("re-align"), so every digit word gets its own start and end.
+Where the reading of Whisper's digits is open ("zero" or "oh", "double three"), each candidate
+is scored by Whisper's own likelihood of that text given the audio.
+
+Speed: Whisper's encoder always runs on 30 s windows; for the short clips here we run it on
+a window cut to max(10 s, clip + 1 s) (positional embedding sliced), which on tiny.en gives
+the same transcripts at a third of the cost. Audio longer than a window goes through
+`whisper.transcribe` with word timestamps, and digit tokens are split evenly (`split_span`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .audio import WHISPER_RATE, speech_bounds
+from .normalize import NormalizationError, Reading, Spoken, bare, digits_of, normalize_text, sentence_case
+
+MIN_WINDOW_S = 10.0
+MAX_WINDOW_S = 30.0
+
+
+@dataclass
+class Annotation:
+    words: list[str]
+    timings: list[tuple[float, float]]
+    spoken: Spoken
+    whisper_text: str = ""
+    flags: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    ref, hyp = [bare(w) for w in reference], [bare(w) for w in hypothesis]
+    ref, hyp = [w for w in ref if w], [w for w in hyp if w]
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(1, len(ref))
+
+
+def split_span(start: float, end: float, words: list[str]) -> list[tuple[float, float]]:
+    """Share one timed token ("1296803") among the words that speak it, by length, end > start."""
+    weights = np.array([max(1, len(bare(w))) for w in words], dtype=float)
+    edges = start + (end - start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
+    out = [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(a, max(b, a + 0.01)) for a, b in out]
+
+
+class Annotator:
+    """Whisper annotation for one language."""
+
+    def __init__(self, model, lang: str = "en", beam_size: int | None = None):
+        import whisper
+
+        if lang != "en" and not model.is_multilingual:
+            raise ValueError(f"this Whisper model is English-only and cannot annotate {lang!r} audio; "
+                             "set data.whisper to a multilingual model (e.g. small or large-v3)")
+        self.model, self.lang, self.beam_size = model, lang, beam_size
+        self.tokenizer = whisper.tokenizer.get_tokenizer(
+            model.is_multilingual, num_languages=model.num_languages, language=lang, task="transcribe")
+
+    # --- short clips: one encoder pass shared by decoding, scoring and alignment ----------------
+
+    @contextmanager
+    def _encoded(self, audio16k: np.ndarray):
+        import whisper
+
+        seconds = min(MAX_WINDOW_S, max(MIN_WINDOW_S, len(audio16k) / WHISPER_RATE + 1.0))
+        n = int(seconds * WHISPER_RATE)
+        mel = whisper.log_mel_spectrogram(np.pad(audio16k[:n], (0, n - len(audio16k[:n]))).astype(np.float32),
+                                          self.model.dims.n_mels)
+        frames = mel.shape[-1] // 2 * 2
+        mel = mel[:, :frames].to(self.model.device)
+        encoder = self.model.encoder
+        full = encoder.positional_embedding
+        encoder.positional_embedding = full[: frames // 2]
+        try:
+            with torch.no_grad():
+                features = encoder(mel[None])
+            # Later calls (decode, find_alignment) re-run the encoder; hand them the cached features.
+            encoder.forward = lambda _mel: features
+            yield mel, min(frames, int(len(audio16k) / WHISPER_RATE * 100) // 2 * 2), features
+        finally:
+            encoder.__dict__.pop("forward", None)
+            encoder.positional_embedding = full
+
+    def _transcribe_encoded(self, mel) -> str:
+        import whisper
+
+        options = whisper.DecodingOptions(language=self.lang, without_timestamps=True, fp16=False, temperature=0.0,
+                                          beam_size=self.beam_size)
+        return whisper.decode(self.model, mel, options).text.strip()
+
+    def _tokens(self, words: list[str]) -> tuple[list[int], list[int]]:
+        tokens, owner = [], []
+        for i, word in enumerate(words):
+            ids = self.tokenizer.encode(" " + word)
+            tokens += ids
+            owner += [i] * len(ids)
+        return tokens, owner
+
+    def _align_encoded(self, mel, frames: int, words: list[str]) -> list[tuple[float, float]]:
+        from whisper.timing import find_alignment
+
+        tokens, owner = self._tokens(words)
+        pieces = find_alignment(self.model, self.tokenizer, tokens, mel, frames)
+        starts: dict[int, float] = {}
+        ends: dict[int, float] = {}
+        pos = 0
+        for piece in pieces:
+            for i in sorted({owner[k] for k in range(pos, min(pos + len(piece.tokens), len(owner)))}):
+                starts.setdefault(i, float(piece.start))
+                ends[i] = float(piece.end)
+            pos += len(piece.tokens)
+        if len(starts) != len(words):
+            raise RuntimeError(f"Whisper alignment lost words of {' '.join(words)!r}")
+        return [(starts[i], ends[i]) for i in range(len(words))]
+
+    def _score(self, features, texts: list[list[str]]) -> list[float]:
+        """Whisper's total log-likelihood of each word list given the audio (teacher forcing)."""
+        scores = []
+        prefix = list(self.tokenizer.sot_sequence_including_notimestamps)
+        for words in texts:
+            tokens = prefix + self._tokens(words)[0] + [self.tokenizer.eot]
+            x = torch.tensor([tokens], device=features.device)
+            with torch.no_grad():
+                logp = self.model.decoder(x[:, :-1], features).log_softmax(-1)[0]
+            target = x[0, 1:]
+            scores.append(float(logp[len(prefix) - 1:].gather(-1, target[len(prefix) - 1:, None]).sum()))
+        return scores
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def transcribe(self, audio16k: np.ndarray) -> str:
+        with self._encoded(audio16k) as (mel, _, _):
+            return self._transcribe_encoded(mel)
+
+    def align(self, audio16k: np.ndarray, words: list[str]) -> list[tuple[float, float]]:
+        """Force-align `words` (the spoken form) to the audio: one (start, end) per word."""
+        with self._encoded(audio16k) as (mel, frames, _):
+            timings = self._align_encoded(mel, frames, words)
+        return refine(timings, audio16k)
+
+    def annotate(self, audio16k: np.ndarray, spoken: Spoken | None = None, text: str | None = None) -> Annotation:
+        """Timings for a known spoken form, for a transcript `text` (its numbers' reading chosen by
+        Whisper's likelihood), or, with neither, for Whisper's own transcript."""
+        warnings: list[str] = []
+        flags: list[str] = []
+        if len(audio16k) / WHISPER_RATE > MAX_WINDOW_S - 1.0:
+            if spoken is None and text is not None:
+                spoken = sentence_case(normalize_text(text, self.lang, Reading(), warnings))
+            return self._annotate_long(audio16k, spoken, warnings)
+        known = spoken is not None or text is not None  # else Whisper's transcript is the label
+        with self._encoded(audio16k) as (mel, frames, features):
+            heard = self._transcribe_encoded(mel)
+            if spoken is None:
+                if not (text or heard):
+                    raise ValueError("Whisper heard no speech")
+                spoken = self._best_reading(text or clean_transcript(heard), features, warnings)
+                if warnings:
+                    flags.append("ambiguous reading: " + "; ".join(warnings))
+            if known:
+                flags += agreement_flags(spoken, heard, self.lang)
+            timings = self._align_encoded(mel, frames, spoken.words)
+        return Annotation(spoken.words, refine(timings, audio16k), spoken, heard, flags, warnings)
+
+    def _best_reading(self, heard: str, features, warnings: list[str]) -> Spoken:
+        candidates: dict[str, Spoken] = {}
+        options = [("zero", "oh"), (False, True)] if self.lang == "en" else [("zero",), (False,)]
+        for k, (zero, doubles, small) in enumerate(itertools.product(*options, ("value", "digits"))):
+            # Every candidate meets the same ambiguities: report them once.
+            reading = Reading(zero=zero, doubles=doubles, small=small)
+            spoken = normalize_text(heard, self.lang, reading, warnings if k == 0 else [])
+            candidates.setdefault(spoken.text, sentence_case(spoken))
+        if warnings:  # the choice below is made by the audio, not by a default: say so
+            warnings[:] = [w.rsplit("; read as", 1)[0] + "; took the reading Whisper finds most likely"
+                           for w in warnings]
+        if len(candidates) == 1:
+            return next(iter(candidates.values()))
+        spokens = list(candidates.values())
+        scores = self._score(features, [s.words for s in spokens])
+        return spokens[int(np.argmax(scores))]
+
+    def _annotate_long(self, audio16k: np.ndarray, spoken: Spoken | None, warnings: list[str]) -> Annotation:
+        import whisper
+
+        result = whisper.transcribe(self.model, audio16k, language=self.lang, word_timestamps=True, fp16=False,
+                                    condition_on_previous_text=False, verbose=None)
+        heard = result["text"].strip()
+        merged: list[dict] = []
+        for w in (w for segment in result["segments"] for w in segment.get("words", [])):
+            if merged and not w["word"].startswith(" ") and re.search(r"\d", w["word"] + merged[-1]["word"]):
+                # "4", "-9", "-15302": Whisper splits one written number into several timed words
+                merged[-1] = {"word": merged[-1]["word"] + w["word"], "start": merged[-1]["start"], "end": w["end"]}
+            else:
+                merged.append(dict(w))
+        words, timings = [], []
+        for w in merged:
+            text = w["word"].strip()
+            if re.search(r"\d", text):
+                piece = normalize_text(text, self.lang, Reading(), warnings).words
+                timings += split_span(w["start"], w["end"], piece)
+                words += piece
+            elif text:
+                words.append(text)
+                timings.append((w["start"], max(w["end"], w["start"] + 0.01)))
+        timings = refine(timings, audio16k)
+        flags = ["ambiguous reading: " + "; ".join(warnings)] if warnings else []
+        if spoken is not None:
+            # A known text longer than a window: spread it over Whisper's words in order.
+            flags += agreement_flags(spoken, heard, self.lang)
+            if len(spoken.words) == len(words):
+                return Annotation(spoken.words, timings, spoken, heard, flags, warnings)
+            flags.append("long audio: timings follow Whisper's words, not the given transcript")
+        return Annotation(words, timings, Spoken(words, list(words), []), heard, flags, warnings)
+
+
+_O_TOKEN = re.compile(r"^O{1,3}[.,?!]?$")
+
+
+def clean_transcript(text: str) -> str:
+    """Whisper's habits around dictated digits, undone before normalizing:
+    "323O" / "S7O" / "GSSO742" (letter O for zero next to digits), "699 3, OO." (a token of O's
+    beside a number), "3-double 7" (a hyphen gluing a digit to "double")."""
+    text = re.sub(r"(?<=\d)O+|O+(?=\d)", lambda m: "0" * len(m.group()), text)
+    text = re.sub(r"(?<=\d)-(?=(?:double|triple|oh)\b)", " ", text, flags=re.IGNORECASE)
+    tokens = text.split(" ")
+    for i, token in enumerate(tokens):
+        near = [t for t in tokens[max(0, i - 1):i] + tokens[i + 1:i + 2]]
+        if _O_TOKEN.match(token) and any(re.search(r"\d", t) for t in near):
+            tokens[i] = re.sub("O", "0", token)
+    return " ".join(tokens)
+
+
+def agreement_flags(spoken: Spoken, heard: str, lang: str) -> list[str]:
+    """Problems between what should have been said and what Whisper heard (empty: they agree)."""
+    try:
+        heard_words = normalize_text(clean_transcript(heard), lang, Reading(), warnings=[]).words
+    except NormalizationError as exc:
+        return [f"Whisper transcript unreadable: {exc}"]
+    flags = []
+    want, got = digits_of(spoken.words, lang), digits_of(heard_words, lang)
+    if want != got:
+        flags.append(f"digits disagree: prompt {want or '-'}, Whisper heard {got or '-'}")
+    wer = word_error_rate([w for w in spoken.words], heard_words)
+    if wer > 0.3:
+        flags.append(f"transcript disagrees (WER {wer:.2f}): Whisper heard {heard!r}")
+    return flags
+
+
+def refine(timings: list[tuple[float, float]], audio16k: np.ndarray) -> list[tuple[float, float]]:
+    """Keep DTW timings inside the speech: Whisper puts the first word at 0 s after a silence."""
+    bounds = speech_bounds(audio16k, WHISPER_RATE)
+    if bounds is None or not timings:
+        return timings
+    onset, offset = bounds
+    out = []
+    for start, end in timings:
+        start = max(start, onset - 0.02)
+        # Only trim ends far into the closing silence: the energy gate misses soft word endings.
+        end = max(min(end, offset + 0.3), start + 0.02)
+        out.append((round(start, 3), round(end, 3)))
+    # keep starts ordered and words from overlapping after clamping
+    for i in range(1, len(out)):
+        s, e = out[i]
+        s = max(s, out[i - 1][0] + 0.01)
+        out[i - 1] = (out[i - 1][0], min(out[i - 1][1], s))
+        out[i] = (s, max(e, s + 0.02))
+    return out

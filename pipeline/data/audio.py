@@ -1,0 +1,98 @@
+"""Audio in and out: any file to mono float32, resampling, silences, atomic 24 kHz WAV writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 24_000  # Mimi's rate: every dataset file is mono 24 kHz
+WHISPER_RATE = 16_000
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names it."""
+
+
+def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """High-quality resampling with an exact output length (soxr)."""
+    import soxr
+
+    if source_rate == target_rate:
+        return audio.astype(np.float32, copy=False)
+    return soxr.resample(audio.astype(np.float32, copy=False), source_rate, target_rate, quality="HQ")
+
+
+def read_audio(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Any wav/flac/mp3/ogg file as mono float32 at `rate` (channels averaged)."""
+    path = Path(path)
+    if path.suffix.lower() not in AUDIO_SUFFIXES:
+        raise AudioError(f"{path}: unsupported audio type {path.suffix!r}; use one of {AUDIO_SUFFIXES}")
+    try:
+        data, source_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the file holds no audio")
+    return resample(data.mean(axis=1), source_rate, rate)
+
+
+def write_wav(path: str | Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> None:
+    """16-bit PCM mono WAV, written to a temp file and renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """A text file written to a temp file and renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def with_silence(audio: np.ndarray, lead: float, tail: float, rate: int = SAMPLE_RATE,
+                 noise_db: float | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """`lead` and `tail` seconds of silence around `audio`, optionally a faint noise floor."""
+    out = np.concatenate([np.zeros(int(round(lead * rate)), np.float32), audio.astype(np.float32),
+                          np.zeros(int(round(tail * rate)), np.float32)])
+    if noise_db is not None:
+        rng = rng or np.random.default_rng(0)
+        out = out + rng.standard_normal(len(out)).astype(np.float32) * np.float32(10 ** (noise_db / 20))
+    return out
+
+
+def speech_bounds(audio: np.ndarray, rate: int, below_peak_db: float = 35.0,
+                  above_floor_db: float = 15.0) -> tuple[float, float] | None:
+    """(first, last) second of speech: 10 ms frames louder than both `below_peak_db` under the
+    loudest frame and `above_floor_db` over the noise floor (10th percentile frame)."""
+    hop = rate // 100
+    frames = len(audio) // hop
+    if frames == 0:
+        return None
+    energy = (audio[: frames * hop].astype(np.float64).reshape(frames, hop) ** 2).mean(axis=1)
+    if energy.max() <= 0:
+        return None
+    threshold = max(energy.max() * 10 ** (-below_peak_db / 10), np.percentile(energy, 10) * 10 ** (above_floor_db / 10))
+    loud = np.nonzero(energy > threshold)[0]
+    if len(loud) == 0:
+        return None
+    return float(loud[0] * hop / rate), float((loud[-1] + 1) * hop / rate)

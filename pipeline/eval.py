@@ -1,0 +1,156 @@
+"""eval: A/B report of the base vs the fine-tuned model (issue #6).
+
+Does the candidate write dictated numbers as words, does it still transcribe everything else,
+and does its VAD stop cutting people off mid-number? Every eval utterance is streamed through
+both models (Candle, as in production, or PyTorch), then scored:
+
+    audio + silence -> greedy tokens, pause probabilities (stream.py)
+                    -> words, number spans, WER, cut-offs, latency (metrics.py, pure)
+                    -> metrics.json, traces.npz, PNGs, index.html (report.py)
+
+Definitions (the tests check each on hand-built cases):
+
+- Streaming. The clip is padded to whole 1920-sample frames and followed by `eval.flush_seconds`
+  of silence (at least the text delay + 1 s) so the words written 0.5 s late come out. Step s
+  is the step a client reads after s / 12.5 s of audio; its `pause[:, k]` is head k.
+- Words. Kyutai's rule: tokens 0 and 3 are padding; a word ends when padding follows word
+  tokens. Each group of tokens is decoded with the checkpoint's SentencePiece model and split
+  on spaces (two words with no padding between them are two words). A word's time is its first
+  token's step / 12.5 minus the text delay, as Kyutai's server reports it.
+- WER. jiwer over words lower-cased with punctuation stripped at word edges ("Three." ->
+  "three"; "1,296" stays one word), with NO number normalization: Whisper's
+  EnglishTextNormalizer maps "one two" back to "12" and would hide the change. Reported on the
+  utterances with number spans, on the others, and on all (utterances whose reference is empty
+  are left out).
+- Number spans. The hypothesis words of a span are those jiwer's alignment puts on its
+  reference words (equal or substituted), words inserted between them, and digit-bearing words
+  inserted right before or after it. Timing-free, so it also works without alignments, and a
+  base model writing "1296803" for seven spoken digits still lands on the span. "Written with
+  digits": one of those words contains a digit. "Exact in word form": they equal the reference
+  words (same normalization). A limitation: if the model also drops the word just before a
+  number, jiwer may put the digits on that word instead.
+- Premature cut-off. Inside the utterance = audio time in [first word's start, last word's end)
+  from the alignments: the speaker is still talking. No allowance for the 0.5 s text delay: a
+  client reads the head at the current step and acts then, whatever the text shows. Each onset
+  of a rule inside that interval is one cut-off (a rule already on when speech starts counts at
+  the first step); cut-offs inside a number span's [first word start, last word end) are also
+  counted separately, and a span is "cut" when the rule is on at any step inside it. A firing
+  during the last word of the utterance counts too (a trained head may fire 0.5 s after the
+  last word starts); the figures are therefore conservative.
+- Rules, both on head `eval.pause_head` (2 = "no new word within 2 s"): threshold (head >
+  `eval.threshold`, default 0.5) and Unmute's (kyutai-labs/unmute `SpeechToText`): an EMA
+  of the head with alpha = 1 - 2^(-0.08 / half_life) per step, starting at 1.0 and updated
+  from step `smooth_warmup` (12) on, end of turn when above `smooth_threshold` (0.6). The
+  default half-life is Unmute's 0.01 s (alpha = 0.996: almost no smoothing, so the rule
+  differs from the threshold mainly by 0.6 and the warm-up); set e.g. 0.08 (alpha 0.5) to
+  study a smoother client.
+- End-of-turn latency: the time of the first step at or after the last word's end at which the
+  rule fires, minus that end (at 80 ms resolution); None ("never") if it does not fire before
+  the stream ends, which bounds what can be measured by the clip's tail + flush_seconds.
+- Utterances without word timings (a folder of audio with `<name>.txt` transcripts): the speech
+  interval is found by energy (`pipeline.data.audio.speech_bounds`), so cut-offs and latency
+  are measured against that; number spans (written numbers in the transcript, or runs of digit
+  words) get digit/exact figures but no cut-off figures (`timed_spans` counts those that do).
+
+Public API: `evaluate(cfg, base=None, candidate=None, utterances=None) -> Path` (the report
+folder), `resolve_models(cfg)`, `summary_table(folder)`; the pure layer in
+`pipeline.evaluate.metrics` (`decode_words`, `span_hypotheses`, `error_counts`,
+`vad_metrics`, `score_utterance`, `summarize`, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import Config
+from .evaluate.metrics import (HypWord, Reference, Rules, Span, decode_words, error_counts, score_utterance,
+                               span_hypotheses, summarize, vad_metrics)
+from .evaluate.report import MODELS, format_summary, summary_table
+from .evaluate.sources import EvalError, as_references, load_references
+from .evaluate.stream import Runner, Streamed
+from .io import atomic_dir
+
+__all__ = ["EvalError", "HypWord", "Reference", "Rules", "Span", "Streamed", "decode_words", "error_counts",
+           "evaluate", "format_summary", "resolve_models", "rules_of", "score_utterance", "span_hypotheses",
+           "summarize", "summary_table", "vad_metrics"]
+
+
+def rules_of(cfg: Config) -> Rules:
+    e = cfg.eval
+    return Rules(e.pause_head, e.threshold, e.smooth_threshold, e.smooth_half_life, e.smooth_warmup)
+
+
+def resolve_models(cfg: Config) -> tuple[Path, Path]:
+    """(base, candidate) checkpoint directories from `eval.base` / `eval.candidate`."""
+    from .models import resolve_model
+
+    def resolve(source: str) -> Path:
+        return resolve_model(source, cfg.artifacts_dir, cfg.model.revision, cfg.checkpoint.seed)
+
+    name = cfg.eval.candidate
+    if name in ("merged", "export"):  # checked first: a missing one should not wait for a download
+        candidate = cfg.output_path(cfg.merge.out if name == "merged" else cfg.export.out)
+        if not (candidate / "config.json").is_file():
+            stage = "merge" if name == "merged" else "export"
+            raise EvalError(f"{candidate}: no {name} checkpoint yet; run `invoke {stage}` first, or set "
+                            "eval.candidate to a checkpoint directory, preset or repo id")
+        return resolve(cfg.eval.base or cfg.model.source), candidate
+    return resolve(cfg.eval.base or cfg.model.source), resolve(name)
+
+
+def _stream_all(ckpt: Path, refs: Sequence[Reference], cfg: Config, label: str) -> list[Streamed]:
+    from tqdm import tqdm
+
+    from .data.audio import read_audio
+
+    runner = Runner(ckpt, cfg.eval.runtime, cfg.eval.flush_seconds)
+    out = []
+    for ref in tqdm(refs, desc=f"{label} ({cfg.eval.runtime})", unit="utt"):
+        out.append(runner.run(read_audio(ref.path)))
+        if out[-1].pause.shape[1] <= cfg.eval.pause_head:
+            raise EvalError(f"eval.pause_head is {cfg.eval.pause_head} but {ckpt} has "
+                            f"{out[-1].pause.shape[1]} pause heads")
+    return out
+
+
+def evaluate(cfg: Config, base: Path | None = None, candidate: Path | None = None,
+             utterances: Sequence[Any] | None = None) -> Path:
+    """Stream every eval utterance through both models, score them, write the report folder
+    `cfg.output_path(cfg.eval.out)` atomically and return it.
+
+    `utterances`: `pipeline.data.Utterance`s (or `Reference`s) instead of reading `eval.data`.
+    `base` / `candidate`: checkpoint directories instead of `eval.base` / `eval.candidate`."""
+    source = "given utterances" if utterances is not None else str(cfg.output_path(cfg.eval.data))
+    refs = as_references(utterances) if utterances is not None else load_references(
+        cfg.output_path(cfg.eval.data), cfg.eval.split, cfg.data.import_lang)
+    refs = refs[: cfg.eval.limit] if cfg.eval.limit else refs
+    if not refs:
+        raise EvalError(f"{source}: no utterances to evaluate")
+    if base is None or candidate is None:
+        default_base, default_candidate = resolve_models(cfg)
+        base, candidate = base or default_base, candidate or default_candidate
+    start = time.perf_counter()
+    rules = rules_of(cfg)
+    runs = {"base": _stream_all(Path(base), refs, cfg, "base"),
+            "candidate": _stream_all(Path(candidate), refs, cfg, "candidate")}
+    scores = {m: [score_utterance(r, [w.text for w in s.words], s.pause, rules) for r, s in zip(refs, runs[m])]
+              for m in MODELS}
+    summary = {m: summarize(scores[m]) for m in MODELS}
+    from .evaluate.stream import text_delay
+
+    meta = {"base": str(base), "candidate": str(candidate), "runtime": cfg.eval.runtime, "data": source,
+            "split": cfg.eval.split, "delay": text_delay(Path(base)), "flush_seconds": cfg.eval.flush_seconds,
+            "rules": asdict(rules),
+            "smooth_alpha": 1.0 if rules.smooth_half_life <= 0 else 1 - 2 ** (-0.08 / rules.smooth_half_life),
+            "timings": dict(Counter(r.timing for r in refs)), "seconds": round(time.perf_counter() - start, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out = cfg.output_path(cfg.eval.out)
+    from .evaluate.report import write_report
+
+    with atomic_dir(out) as tmp:
+        write_report(tmp, meta, refs, runs, scores, summary, rules, cfg.eval.plots)
+    return out

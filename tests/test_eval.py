@@ -1,0 +1,225 @@
+"""Eval metrics on hand-built token streams and pause traces with known answers (no model)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.eval import (Reference, Rules, Span, decode_words, error_counts, score_utterance, span_hypotheses,
+                           summarize, vad_metrics)
+from pipeline.evaluate.metrics import fired_steps, normalize_reference, normalize_word, smoothed, unmute_rule
+from pipeline.evaluate.sources import EvalError, from_utterance, read_transcribed_folder, transcript_words
+
+PIECES = {10: "▁Hel", 11: "lo", 12: "▁12", 13: "▁nine", 14: "▁six"}
+
+
+def fake_decode(ids):
+    return "".join(PIECES[i] for i in ids).replace("▁", " ").strip()
+
+
+def test_words_end_at_padding_and_split_on_spaces():
+    tokens = [3, 3, 0, 10, 11, 3, 0, 12, 0, 13, 14]
+    words = decode_words(tokens, fake_decode, delay_seconds=0.5)
+    assert [w.text for w in words] == ["Hello", "12", "nine", "six"]
+    assert [w.step for w in words] == [3, 7, 9, 9]  # "nine six": one group, flushed at the end
+    assert words[0].start == pytest.approx(3 / 12.5 - 0.5)
+    assert words[1].start == pytest.approx(7 / 12.5 - 0.5)
+    assert decode_words([3, 0, 3], fake_decode) == []
+
+
+def test_normalization_strips_edges_and_keeps_numbers():
+    assert normalize_word("Three.") == "three"
+    assert normalize_word("1,296.") == "1,296"  # no number normalization, one word
+    assert normalize_word("(Twenty-one)") == "twenty-one"
+    words, spans = normalize_reference(["My", "number", "is", "one", "two,", "—", "three."], [Span(3, 6), Span(5, 5)])
+    assert words == ["my", "number", "is", "one", "two", "three"]
+    assert spans == [(3, 5), None]
+
+
+REF = "my number is one two nine six please".split()
+SPAN = [(3, 6)]
+
+
+@pytest.mark.parametrize("hyp, expected", [
+    ("my number is one two nine six please", ["one", "two", "nine", "six"]),
+    ("my number is 1296 please", ["1296"]),
+    ("my number is 12 96 please", ["12", "96"]),
+    ("my number is one two 96 please", ["one", "two", "96"]),
+    ("my number is please", []),
+    ("my number is one two nine six 7 please", ["one", "two", "nine", "six", "7"]),  # digit inserted at the edge
+    ("my number is uh one two nine six please", ["one", "two", "nine", "six"]),  # filler at the edge: not the number
+    ("my number is one two um nine six please", ["one", "two", "um", "nine", "six"]),  # inserted inside: part of it
+])
+def test_span_hypotheses_follow_jiwer_alignment(hyp, expected):
+    assert span_hypotheses(REF, hyp.split(), SPAN) == [expected]
+
+
+def test_span_hypotheses_edge_cases():
+    assert span_hypotheses([], ["x"], [None]) == [[]]
+    assert span_hypotheses(REF, [], SPAN) == [[]]
+    assert span_hypotheses(REF, REF, [None, (0, 0)]) == [[], ["my"]]
+
+
+def test_wer_is_raw_jiwer_without_number_normalization():
+    out = error_counts([["a", "b", "c", "d"]], [["a", "x", "c"]])
+    assert out["wer"] == pytest.approx(0.5) and (out["substitutions"], out["deletions"], out["insertions"]) == (1, 1, 0)
+    assert error_counts([["one", "two"]], [["12"]])["wer"] == pytest.approx(1.0)  # "12" is not "one two"
+    corpus = error_counts([["a", "b"], [], ["c", "d"]], [["a", "b"], ["x"], ["c", "d", "e"]])
+    assert corpus["wer"] == pytest.approx(1 / 4) and corpus["utterances"] == 2  # empty reference skipped
+    assert error_counts([], [])["wer"] is None
+
+
+# "call one two now": "one two" is the number; the speaker talks from 0.40 to 2.40 s.
+TIMED = Reference("u1", ["Call", "one", "two", "now."], [(0.40, 0.80), (0.96, 1.28), (1.36, 1.68), (2.00, 2.40)],
+                  [Span(1, 2, "12")])
+STEPS = 50  # 4 s
+
+
+def trace(*on: int | range) -> np.ndarray:
+    out = np.zeros(STEPS)
+    for x in on:
+        out[x if isinstance(x, range) else [x]] = 0.9
+    return out
+
+
+def test_reference_speech_interval_from_alignments():
+    assert TIMED.speech == (0.40, 2.40)
+    assert TIMED.span_interval(TIMED.spans[0]) == (0.96, 1.68)
+
+
+def test_cutoff_inside_a_number_and_in_a_gap_and_latency_after_the_end():
+    # step 15 = 1.20 s: inside "one two"; steps 24-25 = 1.92-2.00 s: gap before "now" (still talking);
+    # steps 36.. = 2.88 s on: after the end of speech -> end of turn 0.48 s late.
+    fired = trace(15, range(24, 26), range(36, STEPS)) > 0.5
+    v = vad_metrics(fired, TIMED.speech, [TIMED.span_interval(TIMED.spans[0])])
+    assert v["cutoffs"] == pytest.approx([1.20, 1.92])
+    assert v["in_numbers"] == 1 and v["spans_cut"] == [True] and v["cut_off"] is True
+    assert v["latency"] == pytest.approx(0.48)
+
+
+def test_firing_only_after_the_end_is_no_cutoff():
+    v = vad_metrics(trace(range(36, STEPS)) > 0.5, TIMED.speech, [(0.96, 1.68)])
+    assert v == {"cut_off": False, "cutoffs": [], "in_numbers": 0, "spans_cut": [False], "latency": pytest.approx(0.48)}
+
+
+def test_interval_boundaries_and_never_ending():
+    # on at exactly the first word's start (step 5 = 0.40 s): premature; on at exactly the end
+    # (step 30 = 2.40 s): not premature, latency 0.
+    v = vad_metrics(trace(5, 30) > 0.5, TIMED.speech, [(0.96, 1.68)])
+    assert v["cutoffs"] == pytest.approx([0.40]) and v["in_numbers"] == 0 and v["latency"] == pytest.approx(0.0)
+    # on before speech and still on when it starts: one cut-off at the first step inside
+    v = vad_metrics(trace(range(0, 8)) > 0.5, TIMED.speech, [(0.96, 1.68)])
+    assert v["cutoffs"] == pytest.approx([0.40]) and v["latency"] is None
+    # a step at exactly a span's end is outside it
+    v = vad_metrics(trace(21) > 0.5, TIMED.speech, [(0.96, 1.68)])  # 21 / 12.5 = 1.68
+    assert v["cutoffs"] == pytest.approx([1.68]) and v["in_numbers"] == 0 and v["spans_cut"] == [False]
+    none = vad_metrics(trace(15) > 0.5, None, [None])
+    assert none["cut_off"] is None and none["latency"] is None and none["spans_cut"] == [None]
+
+
+def test_unmute_rule_ema_warmup_and_threshold():
+    x = np.array([0.0] * 5 + [1.0] + [0.0] * 6 + [1.0, 1.0, 0.0, 0.0])
+    ema = smoothed(x, half_life=0.08, warmup=12)  # alpha = 1 - 2^-1 = 0.5, EMA starts at 1.0
+    assert np.isnan(ema[:12]).all()
+    assert ema[12:] == pytest.approx([1.0, 1.0, 0.5, 0.25])
+    fired, _ = unmute_rule(x, threshold=0.6, half_life=0.08, warmup=12)
+    assert fired.tolist() == [False] * 12 + [True, True, False, False]  # the spike at step 5 is ignored
+    alpha = 1 - 2 ** (-0.08 / 0.01)  # Unmute's half-life: almost no smoothing
+    assert smoothed(np.array([0.0] * 13), 0.01, 12)[12] == pytest.approx(1 - alpha)
+    assert smoothed(np.array([0.3, 0.7]), 0.0, 0).tolist() == [0.3, 0.7]
+
+
+def test_rules_read_the_configured_head():
+    pause = np.zeros((STEPS, 4))
+    pause[15, 2] = 0.55  # above 0.5, below 0.6
+    pause[20, 1] = 0.99  # another head: ignored
+    rules = fired_steps(pause, Rules(head=2, threshold=0.5, smooth_threshold=0.6))
+    assert np.nonzero(rules["threshold"][0])[0].tolist() == [15]
+    assert not rules["unmute"][0].any()
+
+
+def test_score_and_summary_of_base_writing_digits_vs_candidate_writing_words():
+    rules = Rules()
+    plain = Reference("u2", ["Hello", "there."], [(0.40, 0.80), (0.90, 1.30)])
+    base_pause = np.zeros((STEPS, 4))
+    base_pause[15, 2] = 0.9  # cut off mid-number (1.20 s)
+    base_pause[36:, 2] = 0.9  # end of turn 0.48 s after 2.40 s
+    cand_pause = np.zeros((STEPS, 4))
+    cand_pause[32:, 2] = 0.9  # end of turn 0.16 s after 2.40 s
+    plain_pause = np.zeros((STEPS, 4))
+    plain_pause[20:, 2] = 0.9  # 1.60 s: 0.30 s after 1.30 s
+
+    base = [score_utterance(TIMED, ["Call", "12", "now."], base_pause, rules),
+            score_utterance(plain, ["Hello", "there."], plain_pause, rules)]
+    cand = [score_utterance(TIMED, ["Call", "one", "two", "now."], cand_pause, rules),
+            score_utterance(plain, ["Hello", "there,", "friend."], plain_pause, rules)]
+    assert base[0]["spans"][0] | {"cut": None} == {"written": "12", "reference": "one two", "hypothesis": "12",
+                                                   "digits": True, "exact": False, "interval": [0.96, 1.68], "cut": None}
+    assert base[0]["spans"][0]["cut"] == {"threshold": True, "unmute": True}
+    assert cand[0]["spans"][0]["exact"] and not cand[0]["spans"][0]["digits"]
+
+    b, c = summarize(base), summarize(cand)
+    assert (b["utterances"], b["number_utterances"], b["number_spans"]) == (2, 1, 1)
+    assert (b["digit_share"], b["exact_share"], c["digit_share"], c["exact_share"]) == (1.0, 0.0, 0.0, 1.0)
+    assert b["wer"]["numbers"]["wer"] == pytest.approx(2 / 4)  # "12" for "one two": 1 sub + 1 del
+    assert c["wer"]["numbers"]["wer"] == 0.0
+    assert b["wer"]["other"]["wer"] == 0.0 and c["wer"]["other"]["wer"] == pytest.approx(1 / 2)  # one insertion
+    assert b["wer"]["all"]["wer"] == pytest.approx(2 / 6)
+    bt, ct = b["vad"]["threshold"], c["vad"]["threshold"]
+    assert (bt["cutoffs"], bt["cutoffs_in_numbers"], bt["utterances_cut"], bt["spans_cut"]) == (1, 1, 1, 1)
+    assert bt["utterances_cut_share"] == 0.5 and bt["spans_cut_share"] == 1.0
+    assert (ct["cutoffs"], ct["utterances_cut"], ct["spans_cut_share"]) == (0, 0, 0.0)
+    assert bt["latency_median"] == pytest.approx((0.48 + 0.30) / 2) and bt["latency_max"] == pytest.approx(0.48)
+    assert ct["latency_median"] == pytest.approx((0.16 + 0.30) / 2) and ct["never_ended"] == 0
+    assert c["vad"]["unmute"]["cutoffs"] == 0 and b["vad"]["unmute"]["cutoffs_in_numbers"] == 1
+    json.dumps([b, c, base, cand])  # every figure is JSON-ready
+
+
+def test_summary_of_nothing_is_none_not_a_crash():
+    s = summarize([])
+    assert s["digit_share"] is None and s["wer"]["all"]["wer"] is None
+    assert s["vad"]["threshold"]["latency_median"] is None and s["vad"]["threshold"]["utterances_cut_share"] is None
+
+
+def test_references_from_dataset_utterances():
+    from pipeline.data import NumberSpan, Utterance
+
+    u = Utterance(path="/d/eval/00001.wav", duration=3.0, alignments=[
+        ("Call", (0.4, 0.8), "SPEAKER_MAIN"), ("one", (0.96, 1.28), "SPEAKER_MAIN"), ("two.", (1.36, 1.68), "SPEAKER_MAIN")],
+        text="Call one two.", written="Call 12.", lang="en", voice="v", category="digits",
+        number_spans=[NumberSpan(1, 2, "12", "digits")])
+    ref = from_utterance(u)
+    assert ref.id == "eval/00001" and ref.speech == (0.4, 1.68) and ref.spans == [Span(1, 2, "12")]
+    assert ref.timing == "alignments" and ref.category == "digits"
+    u.number_spans = [{"first": 1, "last": 5, "written": "12", "kind": "digits"}]
+    with pytest.raises(EvalError, match="outside"):
+        from_utterance(u)
+
+
+def test_plain_transcripts_give_spans():
+    words, spans = transcript_words("My PIN is 1296, thanks.")
+    assert words == ["My", "PIN", "is", "one", "two", "nine", "six,", "thanks."]
+    assert spans == [Span(3, 6, "1296")]
+    words, spans = transcript_words("call one two nine now and then one more")
+    assert spans == [Span(1, 3, "129")]  # a lone "one" is no number
+
+
+def test_folder_of_audio_with_transcripts(tmp_path):
+    from pipeline.data.audio import write_wav
+
+    rate = 24_000
+    t = np.arange(rate) / rate
+    audio = np.concatenate([np.zeros(rate // 2), 0.3 * np.sin(2 * np.pi * 220 * t), np.zeros(rate)]).astype(np.float32)
+    write_wav(tmp_path / "a.wav", audio)
+    (tmp_path / "a.txt").write_text("Call 555 1234 now\n")
+    write_wav(tmp_path / "no_transcript.wav", audio)
+    refs = read_transcribed_folder(tmp_path)
+    assert [r.id for r in refs] == ["a"] and refs[0].timing == "energy" and refs[0].times is None
+    assert refs[0].speech[0] == pytest.approx(0.5, abs=0.03) and refs[0].speech[1] == pytest.approx(1.5, abs=0.03)
+    assert len(refs[0].spans) == 1 and refs[0].span_interval(refs[0].spans[0]) is None
+    score = score_utterance(refs[0], ["Call", "5551234", "now"], np.zeros((60, 4)), Rules())
+    assert score["spans"][0]["digits"] and score["spans"][0]["cut"] == {"threshold": None, "unmute": None}
+    assert not math.isnan(score["speech"][1])

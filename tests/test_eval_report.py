@@ -1,0 +1,194 @@
+"""The eval report end to end on the tiny default (random models: files and sane ranges, not
+values), the PyTorch runtime, hand-built traces drawn, and `invoke eval`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.eval import Reference, Rules, Span, evaluate, score_utterance, summary_table
+from pipeline.evaluate.metrics import HypWord
+from pipeline.evaluate.report import plot_utterance
+from pipeline.evaluate.stream import Streamed, with_flush
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = [
+    (["My", "number", "is", "one", "two", "nine", "six."], [{"first": 3, "last": 6, "written": "1296", "kind": "digits"}]),
+    (["Hello", "there,", "how", "are", "you?"], []),
+    (["Call", "five", "five", "five,", "one", "two", "three."],
+     [{"first": 1, "last": 6, "written": "555-123", "kind": "phone"}]),
+    (["The", "code", "is", "four", "oh", "two."], [{"first": 3, "last": 5, "written": "402", "kind": "code"}]),
+]
+
+
+@pytest.fixture(scope="module")
+def candidate(tiny_ckpt, tmp_path_factory) -> Path:
+    """The tiny checkpoint with a sharper head 2 and a perturbed text head: a different model."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = Path(shutil.copytree(tiny_ckpt, tmp_path_factory.mktemp("cand") / "tiny-ft"))
+    tensors = load_file(str(out / "model.safetensors"))
+    gen = torch.Generator().manual_seed(1)
+    tensors["extra_heads.2.weight"] = (tensors["extra_heads.2.weight"].float() * 8).to(torch.bfloat16)
+    w = tensors["text_linear.weight"].float()
+    tensors["text_linear.weight"] = (w + 0.5 * w.std() * torch.randn(w.shape, generator=gen)).to(torch.bfloat16)
+    save_file(tensors, str(out / "model.safetensors"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A dataset folder in `invoke data`'s layout: speech-like audio, word timings, number spans."""
+    from pipeline.checkpoint import synthetic_audio
+    from pipeline.data.audio import write_wav
+
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "eval").mkdir()
+    lines = []
+    for i, (words, spans) in enumerate(SENTENCES):
+        audio = synthetic_audio(0.5 + 0.4 * len(words) + 1.0, seed=i)
+        write_wav(folder / "eval" / f"{i:05d}.wav", audio)
+        alignments = [[w, [0.5 + 0.4 * k, 0.8 + 0.4 * k], "SPEAKER_MAIN"] for k, w in enumerate(words)]
+        labels = {"alignments": alignments, "text": " ".join(words), "written": "", "number_spans": spans}
+        (folder / "eval" / f"{i:05d}.json").write_text(json.dumps(labels))
+        lines.append(json.dumps({"path": f"eval/{i:05d}.wav", "duration": len(audio) / 24_000}))
+    (folder / "eval.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _check_rule(v: dict, n: int) -> None:
+    assert 0 <= v["utterances_cut"] <= v["utterances"] == n
+    assert 0 <= v["cutoffs_in_numbers"] <= v["cutoffs"]
+    assert v["utterances_cut_share"] is not None and 0 <= v["utterances_cut_share"] <= 1
+    assert v["spans_cut_share"] is None or 0 <= v["spans_cut_share"] <= 1
+    assert v["ended"] + v["never_ended"] == n
+    for key in ("latency_median", "latency_mean", "latency_max"):
+        assert v[key] is None or 0 <= v[key] <= 10
+
+
+def test_report_on_the_tiny_default(tiny_ckpt, candidate, dataset, tmp_path):
+    cfg = load_config(None, [f"artifacts={tmp_path}", f"eval.data={dataset}", "eval.plots=3"])
+    out = evaluate(cfg, tiny_ckpt, candidate)
+    assert out == tmp_path / "eval"
+    for name in ("index.html", "metrics.json", "summary.png", "traces.npz"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 500, name
+    pngs = sorted((out / "traces").glob("*.png"))
+    assert len(pngs) == 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    page = (out / "index.html").read_text()
+    assert "summary.png" in page and all(f"traces/{p.name}" in page for p in pngs)
+
+    data = json.loads((out / "metrics.json").read_text())
+    n = len(SENTENCES)
+    assert data["meta"]["runtime"] == "candle" and data["meta"]["rules"]["head"] == 2
+    for model in ("base", "candidate"):
+        s = data["summary"][model]
+        assert (s["utterances"], s["number_utterances"], s["number_spans"]) == (n, 3, 3)
+        assert 0 <= s["digit_share"] <= 1 and 0 <= s["exact_share"] <= 1
+        for subset in ("all", "numbers", "other"):
+            assert s["wer"][subset]["wer"] >= 0 and s["wer"][subset]["words"] > 0
+        for rule in ("threshold", "unmute"):
+            _check_rule(s["vad"][rule], n)
+    assert len(data["utterances"]) == n
+    for u in data["utterances"]:
+        for model in ("base", "candidate"):
+            m = u[model]
+            assert m["steps"] >= (0.5 + 0.4 * 5 + 1.0 + 2.0) * 12.5 - 1  # clip + flush silence
+            assert all(set(sp) >= {"digits", "exact", "hypothesis", "cut"} for sp in m["spans"])
+    traces = np.load(out / "traces.npz")
+    pause = traces["base_0_pause"]
+    assert pause.shape[1] == 4 and (pause >= 0).all() and (pause <= 1).all()
+
+    table = summary_table(out)
+    assert table.splitlines()[0].split() == ["metric", "base", "candidate"]
+    assert "spans written with digits" in table and "end-of-turn latency" in table
+
+
+def test_torch_runtime_limit_and_given_utterances(tiny_ckpt, tmp_path):
+    """PyTorch's streaming Mimi is slow on a CPU (~0.1 s a frame), so one short clip."""
+    from pipeline.checkpoint import synthetic_audio
+    from pipeline.data import Utterance
+    from pipeline.data.audio import write_wav
+
+    write_wav(tmp_path / "yes.wav", synthetic_audio(1.4, seed=3))
+    short = Utterance(tmp_path / "yes.wav", 1.4, [("Yes.", (0.3, 0.6), "SPEAKER_MAIN")], "Yes.", "Yes.", "en", "", "plain")
+    cfg = load_config(None, [f"artifacts={tmp_path}", "eval.runtime=torch", "eval.flush_seconds=1.5",
+                             "eval.limit=1", "eval.plots=0"])
+    out = evaluate(cfg, tiny_ckpt, tiny_ckpt, utterances=[short, short])
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["meta"]["runtime"] == "torch" and data["summary"]["base"]["utterances"] == 1
+    assert data["summary"]["base"] == data["summary"]["candidate"]  # same model, same figures
+    assert not list((out / "traces").glob("*.png"))
+
+
+def test_flush_silence_is_whole_frames_after_the_clip():
+    pcm = with_flush(np.ones(2000, dtype=np.float32), 1.5)
+    assert len(pcm) == (2 + 19) * 1920 and pcm[:2000].all() and not pcm[2000:].any()
+
+
+def test_too_short_flush_is_refused(tiny_ckpt, dataset, tmp_path):
+    from pipeline.eval import EvalError
+
+    cfg = load_config(None, [f"artifacts={tmp_path}", f"eval.data={dataset}", "eval.flush_seconds=1.0"])
+    with pytest.raises(EvalError, match="at least 1.5 s"):
+        evaluate(cfg, tiny_ckpt, tiny_ckpt)
+
+
+def _hand_built() -> tuple[Reference, dict, dict]:
+    """A base that writes '1296' and pauses mid-number, a candidate that writes words."""
+    words = ["My", "number", "is", "one", "two", "nine", "six."]
+    times = [(0.40, 0.62), (0.66, 0.98), (1.02, 1.14), (1.30, 1.56), (1.80, 2.02), (2.30, 2.62), (2.90, 3.30)]
+    ref = Reference("hand/00001", words, times, [Span(3, 6, "1296")])
+    steps = 75
+    t = np.arange(steps) / 12.5
+    rng = np.random.default_rng(0)
+
+    def heads(center: np.ndarray) -> np.ndarray:
+        noise = rng.normal(0, 0.03, (steps, 4))
+        out = np.stack([np.clip(center * f + noise[:, k], 0, 1) for k, f in enumerate((1.0, 0.95, 0.9, 0.8))], 1)
+        return out.astype(np.float32)
+
+    after_end = 1 / (1 + np.exp(-(t - 3.9) * 8))
+    base_center = np.maximum(after_end, 0.85 * np.exp(-((t - 2.2) / 0.12) ** 2))  # the spike after "two"
+    base = Streamed(np.zeros(steps, dtype=np.int64), heads(base_center),
+                    [HypWord("My", 11, 0.38), HypWord("number", 15, 0.70), HypWord("is", 18, 0.94),
+                     HypWord("1296.", 23, 1.34)])
+    cand = Streamed(np.zeros(steps, dtype=np.int64), heads(after_end * 0.97),
+                    [HypWord(w, int((s + 0.5) * 12.5), s) for w, s in
+                     [("My", 0.38), ("number", 0.70), ("is", 1.02), ("one", 1.30), ("two", 1.82), ("nine", 2.30),
+                      ("six.", 2.94)]])
+    runs = {"base": base, "candidate": cand}
+    scores = {m: score_utterance(ref, [w.text for w in r.words], r.pause, Rules()) for m, r in runs.items()}
+    return ref, runs, scores
+
+
+def test_hand_built_traces_are_scored_and_drawn(tmp_path):
+    ref, runs, scores = _hand_built()
+    assert scores["base"]["spans"][0]["digits"] and scores["base"]["vad"]["threshold"]["in_numbers"] == 1
+    assert scores["candidate"]["spans"][0]["exact"] and not scores["candidate"]["vad"]["threshold"]["cutoffs"]
+    assert scores["candidate"]["vad"]["threshold"]["latency"] is not None
+    path = tmp_path / "hand.png"
+    plot_utterance(path, ref, runs, scores, Rules(), {"base": "base (stt-1b)", "candidate": "candidate (merged)"})
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def invoke(*args):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_invoke_eval_prints_the_summary_and_the_report(tiny_ckpt, candidate, dataset, tmp_path):
+    result = invoke("eval", "--model", str(tiny_ckpt), "--candidate", str(candidate), "--data", str(dataset),
+                    "--set", f"artifacts={tmp_path}", "--set", "eval.plots=1")
+    assert result.returncode == 0, result.stderr
+    assert "spans written with digits" in result.stdout
+    assert f"report: {tmp_path / 'eval' / 'index.html'}" in result.stdout
+    missing = invoke("eval", "--model", str(tiny_ckpt), "--data", str(dataset), "--set", f"artifacts={tmp_path}")
+    assert missing.returncode == 2 and "invoke merge" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
