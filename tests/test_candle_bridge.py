@@ -13,7 +13,7 @@ candle_bridge = pytest.importorskip("candle_bridge", reason="build it with `pip 
 
 def _rewrite(ckpt, edit):
     path = ckpt / "model.safetensors"
-    tensors = load_file(str(path))
+    tensors = {k: v.clone() for k, v in load_file(str(path)).items()}  # no views into the file we rewrite
     edit(tensors)
     save_file(tensors, str(path))
 
@@ -80,7 +80,7 @@ def test_wrong_dtype_is_reported(tiny_copy):
 
 def test_missing_mimi_tensor_is_reported(tiny_copy):
     path = tiny_copy / "mimi-tiny.safetensors"
-    tensors = load_file(str(path))
+    tensors = {k: v.clone() for k, v in load_file(str(path)).items()}  # no views into the file we rewrite
     victim = sorted(k for k in tensors if "embedding_sum" in k)[0]
     del tensors[victim]
     save_file(tensors, str(path))

@@ -154,3 +154,19 @@ def test_benchmark_reports_every_figure(tmp_path_factory):
     for key in ("espeak_utterances_per_s", "piper_utterances_per_s", "espeak_real_time_factor",
                 "piper_real_time_factor", "whisper_annotate_real_time_factor", "whisper_load_s"):
         assert figures[key] > 0, key
+
+
+@pytest.mark.parametrize("heard, digits", [
+    ("It is 323O.", "3230"),
+    ("Ticket GSSO742, order 809-3057", "07428093057"),
+    ("I'm at location 699 3, OO.", "699300"),
+    ("It's plus 1, 682, 3-double 7, 3295.", "16823773295"),
+    ("Yes, it's 8'4, 3, 3, 8'2'7.", "8433827"),
+    ("Call 739.610.2599-after lunch.", "7396102599"),
+    ("Code S7O.", "70"),
+    ("My reference is gjm3o.", "30"),
+    ("Order 3648629. Order 3648629.", "3648629"),
+    ("OK, so what?", ""),
+])
+def test_whisper_digit_habits_are_undone(heard, digits):
+    assert digits_of(normalize_text(an.clean_transcript(heard), warnings=[]).words) == digits

@@ -113,7 +113,7 @@ def test_export_writes_rust_names_bf16_manifest_and_server_config(tiny_ckpt, ada
     merged = tmp_path / "merged"
     merge(tiny_ckpt, adapter[0], merged, dtype=torch.float32)
     # A checkpoint saved with PyTorch's own names must come out with the Rust names.
-    state = load_file(str(merged / "model.safetensors"))
+    state = {k: v.clone() for k, v in load_file(str(merged / "model.safetensors")).items()}
     state = {k.replace("in_proj_weight", "in_projs.0.weight"): v for k, v in state.items()}
     state["depformer_in.0.weight"] = torch.zeros(8, 64)
     save_file(state, str(merged / "model.safetensors"))
