@@ -13,7 +13,7 @@ from pipeline.data.audio import AudioError, read_audio, resample
 from pipeline.data.normalize import normalize_text, sentence_case
 from pipeline.data.synth import PIPER_VOICE, Voice, synthesize
 
-PIPER = Voice("piper", PIPER_VOICE, {"length_scale": 1.05})
+PIPER = Voice("piper", PIPER_VOICE, {"length_scale": 1.05, "noise_scale": 0.0, "noise_w_scale": 0.0})  # reproducible
 
 
 def _speech(text: str, rate: int, voice: Voice = PIPER) -> np.ndarray:

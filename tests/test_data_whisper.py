@@ -7,7 +7,7 @@ import torch
 from pipeline.data import annotate as an
 from pipeline.data import whisper_model as wm
 from pipeline.data.audio import WHISPER_RATE, resample, with_silence
-from pipeline.data.normalize import Reading, digits_of, normalize_text, sentence_case
+from pipeline.data.normalize import Reading, bare, digits_of, normalize_text, sentence_case
 from pipeline.data.synth import PIPER_VOICE, Voice, synthesize
 
 
@@ -29,7 +29,8 @@ def _speak(voice: Voice, text: str, lead: float = 0.6, reading: Reading = Readin
     return spoken, clip, truth
 
 
-PIPER = Voice("piper", PIPER_VOICE, {"length_scale": 1.1})
+# Piper's noise off: its audio is then the same on every run, so Whisper's answers are too.
+PIPER = Voice("piper", PIPER_VOICE, {"length_scale": 1.1, "noise_scale": 0.0, "noise_w_scale": 0.0})
 ESPEAK = Voice("espeak", "en-us", {"rate": 160})
 
 
@@ -108,7 +109,7 @@ def test_reading_is_chosen_by_the_audio(annotator):
     """Whisper writes "1047" either way; the likelihood of each reading decides zero vs oh."""
     for reading, word in ((Reading(zero="oh"), "oh"), (Reading(zero="zero"), "zero")):
         _, clip, _ = _speak(PIPER, "My code is 1047.", reading=reading)
-        assert word in annotator.annotate(clip).words
+        assert word in [bare(w) for w in annotator.annotate(clip).words]
 
 
 def test_disagreement_with_the_prompt_is_flagged(annotator):
@@ -139,7 +140,7 @@ def test_word_error_rate():
 def test_acceptance_measurement_on_a_few_prompts(model):
     from pipeline.data import measure_annotation
 
-    result = measure_annotation(n_piper=3, n_espeak=2, seed=1, model=model)
+    result = measure_annotation(n_piper=3, n_espeak=2, seed=1, model=model, piper_noise=False)
     assert result["piper_prompts"] == 3 and result["espeak_prompts"] == 2 and result["espeak_words"] > 10
     assert result["piper_digit_match"] >= 2 / 3, result["piper_misses"]
     assert len(result["piper_misses"]) == round(3 * (1 - result["piper_digit_match"]))

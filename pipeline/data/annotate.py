@@ -98,11 +98,19 @@ class Annotator:
             encoder.positional_embedding = full
 
     def _transcribe_encoded(self, mel) -> str:
+        """Greedy decoding; on a repetition loop or a very unsure result, beam search (as
+        whisper.transcribe falls back, with its thresholds), keeping the surer of the two."""
         import whisper
 
-        options = whisper.DecodingOptions(language=self.lang, without_timestamps=True, fp16=False, temperature=0.0,
-                                          beam_size=self.beam_size)
-        return whisper.decode(self.model, mel, options).text.strip()
+        results = []
+        for beam_size in dict.fromkeys([self.beam_size, 5]):
+            options = whisper.DecodingOptions(language=self.lang, without_timestamps=True, fp16=False,
+                                              temperature=0.0, beam_size=beam_size)
+            result = whisper.decode(self.model, mel, options)
+            if result.compression_ratio <= 2.4 and result.avg_logprob >= -1.0:
+                return result.text.strip()
+            results.append(result)
+        return max(results, key=lambda r: (r.compression_ratio <= 2.4, r.avg_logprob)).text.strip()
 
     def _tokens(self, words: list[str]) -> tuple[list[int], list[int]]:
         tokens, owner = [], []
@@ -234,9 +242,13 @@ _O_TOKEN = re.compile(r"^O{1,3}[.,?!]?$")
 def clean_transcript(text: str) -> str:
     """Whisper's habits around dictated digits, undone before normalizing:
     "323O" / "S7O" / "GSSO742" (letter O for zero next to digits), "699 3, OO." (a token of O's
-    beside a number), "3-double 7" (a hyphen gluing a digit to "double")."""
-    text = re.sub(r"(?<=\d)O+|O+(?=\d)", lambda m: "0" * len(m.group()), text)
-    text = re.sub(r"(?<=\d)-(?=(?:double|triple|oh)\b)", " ", text, flags=re.IGNORECASE)
+    beside a number), "3-double 7" and "8'4" (punctuation gluing a digit to the next word), and a
+    sentence repeated by a decoding loop."""
+    text = re.sub(r"(?<=\d)[Oo]+\b|(?<=\d)O+|O+(?=\d)", lambda m: "0" * len(m.group()), text)
+    # A short clip decoded as the same sentence twice or more: a repetition loop, keep one.
+    text = re.sub(r"^(.+?[.?!])(?:\s+\1)+$", r"\1", text.strip())
+    text = re.sub(r"(?<=\d)-(?=[a-z])", " ", text)  # "3-double 7", "2599-after"; "AB-45" keeps its dash
+    text = re.sub(r"(?<=\d)'(?=\d)", " ", text)  # "8'4": an apostrophe between digits is a pause
     tokens = text.split(" ")
     for i, token in enumerate(tokens):
         near = [t for t in tokens[max(0, i - 1):i] + tokens[i + 1:i + 2]]

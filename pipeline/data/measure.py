@@ -5,6 +5,9 @@
   sequence comes out exactly right.
 - espeak start error: Whisper force-aligns the prompt's words to espeak audio (the path
   `invoke data` takes for audio without timings); distance of each word start to espeak's own.
+
+Piper draws its own noise inside onnxruntime (not seedable from here), so the piper figure moves
+by a few points between runs of the same seed; use 100 prompts or more when quoting it.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ def _clip(voice: Voice, words: list[str], rng: random.Random):
 
 
 def measure_annotation(whisper: str = "tiny.en", n_piper: int = 40, n_espeak: int = 40, seed: int = 0,
-                       cache_dir: str | Path = "artifacts/whisper", model=None) -> dict:
-    """{'piper_digit_match': share, 'espeak_median_start_error_s': seconds, ...} on fresh prompts."""
+                       cache_dir: str | Path = "artifacts/whisper", model=None, piper_noise: bool = True) -> dict:
+    """{'piper_digit_match': share, 'espeak_median_start_error_s': seconds, ...} on fresh prompts.
+    `piper_noise=False` turns piper's sampling noise off: reproducible audio (for tests)."""
     from .annotate import Annotator
     from .whisper_model import load_whisper
 
@@ -39,7 +43,10 @@ def measure_annotation(whisper: str = "tiny.en", n_piper: int = 40, n_espeak: in
     prompts = make_prompts(n_piper + n_espeak, seed, french_fraction=0.0, plain_fraction=0.0)
     matches, misses, audio_s, busy_s = 0, [], 0.0, 0.0
     for prompt in prompts[:n_piper]:
-        clip, _ = _clip(pick_voice("en", rng, piper_fraction=1.0), prompt.spoken.tts, rng)
+        voice = pick_voice("en", rng, piper_fraction=1.0)
+        if not piper_noise:
+            voice = Voice(voice.engine, voice.name, {**voice.params, "noise_scale": 0.0, "noise_w_scale": 0.0})
+        clip, _ = _clip(voice, prompt.spoken.tts, rng)
         start = time.perf_counter()
         try:
             words = annotator.annotate(clip).words
