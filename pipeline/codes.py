@@ -6,7 +6,6 @@ content hash and the number of codebooks, so changing either never serves stale 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -16,17 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .io import atomic_file
+from .io import atomic_file, sha256_file
 
 SAMPLE_RATE = 24_000
-
-
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_audio(path: Path) -> torch.Tensor:
@@ -49,12 +40,12 @@ class CodeCache:
     def __init__(self, mimi, mimi_file: Path, cache_root: Path, device: str = "cpu"):
         self.mimi, self.device = mimi.to(device), device
         n_q = mimi.num_codebooks
-        self.folder = Path(cache_root) / f"mimi-{file_digest(mimi_file)[:16]}-q{n_q}"
+        self.folder = Path(cache_root) / f"mimi-{sha256_file(mimi_file)[:16]}-q{n_q}"
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def codes(self, audio_path: Path) -> torch.Tensor:
         """[n_q, frames] int64 codes for one file (encoded on first request)."""
-        cached = self.folder / f"{file_digest(audio_path)[:32]}.safetensors"
+        cached = self.folder / f"{sha256_file(audio_path)[:32]}.safetensors"
         if cached.is_file():
             return load_file(str(cached))["codes"].long()
         audio = read_audio(audio_path).to(self.device)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -24,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .checkpoint import to_legacy_names
-from .io import atomic_dir
+from .io import atomic_dir, sha256_file
 from .models import checkpoint_files
 
 MANIFEST = "manifest.json"
@@ -41,14 +40,6 @@ def _rust_tensors(path: Path, dtype: torch.dtype | None) -> dict[str, torch.Tens
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     return to_legacy_names(state)
-
-
-def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def server_config(out: Path, config: dict, batch_size: int = 64) -> str:
@@ -121,7 +112,7 @@ def export(src: Path, out: Path, batch_size: int = 64) -> Path:
             shutil.copyfile(files["mimi_config"], tmp / files["mimi_config"].name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / SERVER_CONFIG).write_text(server_config(Path(out), config, batch_size))
-        manifest = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        manifest = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=2) + "\n")
     return Path(out)
 
@@ -136,6 +127,6 @@ def check_manifest(folder: Path) -> list[str]:
         target = Path(folder) / name
         if not target.is_file():
             problems.append(f"{target}: listed in the manifest but missing")
-        elif target.stat().st_size != entry["bytes"] or sha256(target) != entry["sha256"]:
+        elif target.stat().st_size != entry["bytes"] or sha256_file(target) != entry["sha256"]:
             problems.append(f"{target}: sha256 differs from the manifest (altered after export); re-export it")
     return problems
