@@ -250,7 +250,8 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
 
     tc = cfg.train
     run = cfg.output_path(tc.out)
-    if run.exists() and any(run.iterdir()) and not resume:
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if rank == 0 and run.exists() and any(run.iterdir()) and not resume:
         raise TrainingError(f"{run} already holds a run; pass --resume to continue it or set train.out elsewhere")
     if not has_extra_heads(ckpt):
         raise TrainingError(
@@ -258,7 +259,6 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
             "the VAD. Start from a checkpoint that has them (kyutai/stt-1b-en_fr-candle, not "
             "kyutai/stt-1b-en_fr), or graft them: `invoke graft-heads --model BASE --heads-from DONOR`")
 
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if tc.device == "auto" else tc.device
     if world > 1:
         torch.distributed.init_process_group("nccl")
