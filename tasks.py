@@ -77,8 +77,9 @@ def checkpoint(c, preset="tiny", out=None, seed=None, config=None, set_=None):
     print(f"wrote the '{preset}' checkpoint to {path} in {time.perf_counter() - start:.1f} s")
 
 
+# No automatic short flags: `--check` would take `-h` and shadow `--help`.
 @task(help={"check": "validate the dataset folder DIR instead of building one (exit 1 on problems)", **HELP,
-            **MODEL_HELP}, iterable=["set_"])
+            **MODEL_HELP}, iterable=["set_"], auto_shortflags=False)
 def data(c, config=None, set_=None, model=None, check=None):
     """Build the training/eval dataset: number prompts, TTS with word timings, Whisper alignment."""
     import time
