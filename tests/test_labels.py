@@ -2,7 +2,8 @@
 
 import torch
 
-from pipeline.labels import EPAD, IGNORE, PAD, Word, build_text_stream, frame_of, pause_targets, shift_inputs
+from pipeline.labels import (EPAD, IGNORE, PAD, Word, build_text_stream, frame_of, pause_targets,
+                             shift_inputs)
 
 VOCAB = {"order": [10, 11], "one": [12], "two": [13], "seven": [14, 15, 16], "nine": [17]}
 
@@ -82,3 +83,28 @@ def test_inputs_are_shifted_one_frame_with_start_tokens():
     inputs = shift_inputs(codes, text_start=8000, audio_start=2048)
     assert inputs[0, :, 0].tolist() == [8000, 2048, 2048]
     assert torch.equal(inputs[..., 1:], codes[..., :-1])
+
+
+def test_digit_form_writes_the_number_once_it_is_complete():
+    from pipeline.labels import digit_form
+
+    words = [Word("Order", 0.2, 0.5), Word("seven", 0.6, 0.9), Word("three", 1.0, 1.3), Word("oh.", 1.4, 1.7),
+             Word("Thanks.", 2.0, 2.4)]
+    out = digit_form(words, [(1, 3, "730")])
+    assert [w.text for w in out] == ["Order", "730.", "Thanks."]
+    assert (out[1].start, out[1].end) == (1.4, 1.7)  # at the last spoken digit: written when complete
+    # When "seven" is written, the word form writes "three" within 0.5 s; the digit form has
+    # written nothing since "Order", so its 0.5 s head's target is "pause" mid-number.
+    digits = build_text_stream(out, lambda w: [20], 60)
+    spoken = build_text_stream(words, lambda w: [20], 60)
+    t = frame_of(0.6 + 0.5)  # "seven" written
+    assert pause_targets(digits.word_frames, 60)[t, 0] == 1
+    assert pause_targets(spoken.word_frames, 60)[t, 0] == 0
+
+
+def test_digit_form_keeps_spaced_written_forms_as_one_word():
+    from pipeline.labels import digit_form
+
+    words = [Word(w, i, i + 0.5) for i, w in enumerate(["call", "seven", "oh", "two", "five", "nine", "one"])]
+    out = digit_form(words, [(1, 6, "702 591")])
+    assert [w.text for w in out] == ["call", "702 591"] and out[1].start == 6

@@ -92,9 +92,9 @@ def ensure_tail(audio: np.ndarray, last_end: float, min_tail: float, rate: int =
 
 # --- synthesized utterances -----------------------------------------------------------------------
 
-def synthesize_prompt(prompt: Prompt, cfg_data, rng: random.Random, annotators: dict) -> Item:
+def synthesize_prompt(prompt: Prompt, cfg_data, rng: random.Random, annotators: dict, split: str = "train") -> Item:
     """Speak one prompt with a random voice; timings from espeak, or from Whisper for piper."""
-    voice = pick_voice(prompt.lang, rng, cfg_data.piper_fraction)
+    voice = pick_voice(prompt.lang, rng, cfg_data.piper_fraction, cfg_data.eval_voices, split)
     audio, rate, timings = synthesize(voice, prompt.spoken.tts)
     peak = float(np.abs(audio).max()) or 1.0
     audio = audio / peak * rng.uniform(0.25, 0.9)
@@ -237,7 +237,7 @@ def _build_into(folder: Path, cfg) -> None:
         stats["flagged"] += bool(item.flags)
 
     for prompt, split in tqdm(list(zip(prompts, splits)), desc="synthesizing", unit="utt", disable=not prompts):
-        add(synthesize_prompt(prompt, d, rng, annotators), split)
+        add(synthesize_prompt(prompt, d, rng, annotators, split), split)
     for item in import_items(cfg, annotators):
         add(item, split_of(item.key, d.seed, d.eval_fraction))
 

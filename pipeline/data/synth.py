@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -24,12 +25,24 @@ class Voice:
         return f"{self.engine}:{self.name}"
 
 
-def pick_voice(lang: str, rng: random.Random, piper_fraction: float) -> Voice:
-    if lang == "en" and rng.random() < piper_fraction:
+def pick_voice(lang: str, rng: random.Random, piper_fraction: float, held_out: Sequence[str] = (),
+               split: str = "train") -> Voice:
+    """A random voice for one prompt. `held_out` voices ("en-gb-scotland", "piper", ...) speak
+    only eval prompts, so the eval split measures unseen voices; the eval split uses only them
+    where the language has one (else every voice of the language)."""
+    names = (ENGLISH_VOICES + ["piper"]) if lang == "en" else list(FRENCH_VOICES)
+    if held_out:
+        kept = [n for n in names if (n in held_out) == (split == "eval")]
+        if kept or split == "train":
+            names = kept
+    if lang == "en" and rng.random() < piper_fraction and "piper" in names:
         return Voice("piper", PIPER_VOICE, {"length_scale": round(rng.uniform(0.85, 1.3), 3),
                                             "noise_scale": round(rng.uniform(0.4, 0.8), 3),
                                             "noise_w_scale": round(rng.uniform(0.5, 1.0), 3)})
-    base = rng.choice(ENGLISH_VOICES if lang == "en" else FRENCH_VOICES)
+    espeak = [n for n in names if n != "piper"]
+    if not espeak:
+        raise ValueError(f"data.eval_voices holds every {lang} espeak-ng voice; keep at least one for training")
+    base = rng.choice(espeak)
     variant = rng.choice(VARIANTS)
     return Voice("espeak", base + (f"+{variant}" if variant else ""),
                  {"rate": rng.randint(130, 230), "pitch": rng.randint(25, 75), "range": rng.randint(30, 80)})

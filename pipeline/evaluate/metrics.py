@@ -271,10 +271,14 @@ def _rule_summary(scores: Sequence[dict], name: str) -> dict:
     cuts = [s["vad"][name] for s in measured]
     spans = [sp["cut"][name] for s in scores for sp in s["spans"] if sp["cut"][name] is not None]
     latencies = [c["latency"] for c in cuts if c["latency"] is not None]
+    dictations = [s["vad"][name]["cut_off"] for s in measured if s["spans"]]
     return {
         "utterances": len(measured),
         "utterances_cut": sum(c["cut_off"] for c in cuts),
         "utterances_cut_share": _share(sum(c["cut_off"] for c in cuts), len(measured)),
+        "dictations": len(dictations),  # utterances with a number: the "dictations"
+        "dictations_cut": sum(dictations),
+        "dictations_cut_share": _share(sum(dictations), len(dictations)),
         "cutoffs": sum(len(c["cutoffs"]) for c in cuts),
         "cutoffs_in_numbers": sum(c["in_numbers"] for c in cuts),
         "timed_spans": len(spans),

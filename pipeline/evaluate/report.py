@@ -56,6 +56,7 @@ def summary_rows(summary: dict, rules: dict) -> list[tuple[str, ...]]:
             row(f"cut-offs, {rule_label(name, rules)}", lambda s, n=name: str(s["vad"][n]["cutoffs"])),
             row("  inside number spans", lambda s, n=name: str(s["vad"][n]["cutoffs_in_numbers"])),
             row("  utterances cut off", lambda s, n=name: _pct(s["vad"][n]["utterances_cut_share"])),
+            row("  dictations cut off", lambda s, n=name: _pct(s["vad"][n].get("dictations_cut_share"))),
             row("  number spans cut", lambda s, n=name: _pct(s["vad"][n]["spans_cut_share"])),
             row("  end-of-turn latency, median", lambda s, n=name: _sec(s["vad"][n]["latency_median"])),
             row("  never ended (in the stream)", lambda s, n=name: str(s["vad"][n]["never_ended"])),

@@ -1,0 +1,118 @@
+"""organism: a small STT trained here from scratch that has Kyutai's number habit (issue #7).
+
+Kyutai's weights cannot be downloaded here, so the claim "word-form fine-tuning stops the
+premature cut-offs" is measured on a model that has the same failure:
+
+    data.out (word-form labels)  ->  init/: random LM in the stt-1b-en_fr-candle layout, a small
+                                     real-architecture Mimi whose codebooks are fitted on the
+                                     dataset's speech, a tokenizer trained on its labels
+                                 ->  train.pack.safetensors: codes + labels (trains anywhere)
+                                 ->  run/: every weight trained with number_form = digits
+                                 ->  model/: the base the fine-tune pipeline then starts from
+
+With digit-form labels a dictated number is written only once it is complete ("1296803." at
+the last digit, labels.digit_form), so the pause targets say "pause" during the dictation and
+the trained 2-second head fires mid-number: the DSM#152 failure. Every step is skipped when its
+output exists, so a pack and init/ made here can be carried to a GPU box and trained there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import Preset, build_checkpoint, small_mimi_config
+from .config import Config
+from .labels import Word, digit_form
+
+SPEECH_RATE = 24_000
+
+
+def organism_paths(cfg: Config) -> dict[str, Path]:
+    root = cfg.output_path(cfg.organism.out)
+    return {"root": root, "init": root / "init", "pack": root / "train.pack.safetensors",
+            "run": root / "run", "model": root / "model"}
+
+
+def organism_preset(cfg: Config) -> Preset:
+    o = cfg.organism
+    return Preset(dim=o.dim, num_heads=o.num_heads, num_layers=o.num_layers, n_q=o.n_q, card=o.card,
+                  text_card=o.text_card, mimi=small_mimi_config(o.n_q, o.card, o.mimi_filters, o.mimi_dim),
+                  mimi_name="mimi-organism.safetensors", tokenizer_name="tokenizer_organism.model",
+                  fit_seconds=o.fit_seconds, kmeans_iters=10)
+
+
+def label_corpus(utterances) -> list[str]:
+    """Every training label twice: numbers as spoken words and as written digits."""
+    corpus = []
+    for u in utterances:
+        words = [Word(w, s, e) for w, (s, e), *_ in u.alignments]
+        spans = [(s.first, s.last, s.written) for s in u.number_spans]
+        corpus.append(" ".join(w.text for w in words))
+        if spans:
+            corpus.append(" ".join(w.text for w in digit_form(words, spans)))
+    return corpus
+
+
+def fitting_speech(utterances, seconds: float) -> np.ndarray:
+    """The first `seconds` of training speech, end to end (what the Mimi codebooks are fitted on)."""
+    from .codes import read_audio
+
+    clips, total = [], 0
+    for u in utterances:
+        clip = read_audio(u.path)[0, 0].numpy()
+        clips.append(clip)
+        total += len(clip)
+        if total >= seconds * SPEECH_RATE:
+            break
+    return np.concatenate(clips)[: int(seconds * SPEECH_RATE)]
+
+
+def organism_train_config(cfg: Config) -> Config:
+    """cfg with the from-scratch training settings: every weight, digit-form labels."""
+    o, paths = cfg.organism, organism_paths(cfg)
+    train = dataclasses.replace(cfg.train, data=str(paths["pack"].resolve()), out=str(paths["run"].resolve()),
+                                method="full", number_form="digits", steps=o.steps, lr=o.lr,
+                                batch_size=o.batch_size, warmup_steps=o.warmup_steps, seed=o.seed,
+                                schedule="cosine", head_loss="supervised")
+    return dataclasses.replace(cfg, train=train)
+
+
+def build_organism(cfg: Config, prepare_only: bool = False) -> Path:
+    """`invoke organism`: dataset -> init checkpoint -> code pack -> trained base; returns model/
+    (or, with `prepare_only`, the pack: carry it and init/ to a GPU machine and train there)."""
+    from .codes import CodeCache, write_pack
+    from .data import build_dataset, read_split
+    from .models import checkpoint_files, load_mimi
+    from .train import train
+
+    paths = organism_paths(cfg)
+    if not paths["pack"].is_file():
+        data = cfg.output_path(cfg.data.out)
+        if not (data / "manifest.json").is_file():
+            print(f"building the organism's dataset in {data}")
+            build_dataset(cfg)
+        utterances = read_split(data, "train")
+        if not utterances:
+            raise ValueError(f"{data}/train.jsonl lists no utterances; raise data.count")
+        if not (paths["init"] / "config.json").is_file():
+            print(f"building the untrained organism in {paths['init']}")
+            speech = fitting_speech(utterances, cfg.organism.fit_seconds)
+            build_checkpoint(organism_preset(cfg), "organism", paths["init"], cfg.organism.seed,
+                             fit_audio=speech, corpus=label_corpus(utterances))
+        mimi_file = checkpoint_files(paths["init"])["mimi"]
+        cache = CodeCache(load_mimi(paths["init"]), mimi_file, cfg.artifacts_dir / "cache" / "codes")
+        codes = cache.encode_all([u.path for u in utterances])
+        write_pack(paths["pack"], utterances, codes, mimi_file)
+    if prepare_only:
+        return paths["pack"]
+    run = train(organism_train_config(cfg), paths["init"], resume=True)
+    tmp = paths["model"].with_name(".model.copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run / "final", tmp)
+    shutil.rmtree(paths["model"], ignore_errors=True)
+    tmp.rename(paths["model"])
+    return paths["model"]
