@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .data.audio import CLIP_SHARE, clipped_share
 from .io import atomic_file, sha256_file
 
 SAMPLE_RATE = 24_000
@@ -31,6 +32,9 @@ def read_audio(path: Path) -> torch.Tensor:
                          f"training needs mono {SAMPLE_RATE} Hz (`invoke data` writes that)")
     if len(audio) == 0 or not np.isfinite(audio).all():
         raise ValueError(f"{path}: audio is empty or contains NaN/inf; re-create or remove it")
+    if clipped_share(audio) > CLIP_SHARE:
+        raise ValueError(f"{path}: audio is clipped ({clipped_share(audio):.1%} of samples at or beyond full scale); "
+                         "re-record it at a lower level or remove it (`invoke data --check` lists such files)")
     return torch.from_numpy(audio[:, 0].copy())[None, None]
 
 

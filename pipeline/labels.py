@@ -67,7 +67,7 @@ def build_text_stream(
     word_frames, shifted = [], 0
     for word in sorted(words, key=lambda w: w.start):
         ids = encode(word.text.strip())
-        if not ids or word.end <= word.start:
+        if not ids or EPAD in ids or word.end <= word.start:  # see `unencodable`
             continue
         first = frame_of(word.start + delay_seconds)
         if first <= last:
@@ -82,6 +82,36 @@ def build_text_stream(
         word_frames.append(first)
     tokens[:mask_first] = IGNORE
     return TextStream(tokens, word_frames, shifted)
+
+
+def unencodable(words: Sequence[str], encode: Callable[[str], list[int]]) -> list[str]:
+    """The words `build_text_stream` leaves out: the tokenizer gives them no token, or <unk>
+    (id 0 in Kyutai's tokenizers, which the text stream would read as EPAD)."""
+    out = []
+    for word in words:
+        ids = encode(str(word).strip())
+        if not ids or EPAD in ids:
+            out.append(word)
+    return out
+
+
+def unencodable_summary(entries: Sequence[dict], encode: Callable[[str], list[int]]) -> str | None:
+    """One line on the words of `entries` (`{"path", "alignments"}`) the tokenizer cannot
+    encode, naming the first file; None when there are none."""
+    known: dict[str, bool] = {}
+    files, count, first = 0, 0, None
+    for entry in entries:
+        words = [a[0] for a in entry["alignments"]]
+        for word in set(words) - known.keys():
+            known[word] = bool(unencodable([word], encode))
+        bad = [w for w in words if known[w]]
+        if bad:
+            files, count = files + 1, count + len(bad)
+            first = first or (entry.get("path", "?"), bad[0])
+    if not count:
+        return None
+    return (f"{count} word(s) in {files} utterance(s) the tokenizer cannot encode are left out of the labels "
+            f"(first: {first[1]!r} in {first[0]}); fix or remove them in the dataset")
 
 
 def pause_targets(word_frames: Sequence[int], num_frames: int,

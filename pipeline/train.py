@@ -215,6 +215,7 @@ def load_samples(cfg: Config, ckpt: Path, device: str) -> tuple[list[Sample], ob
     audio is encoded once (cached). Numbers are labelled as `train.number_form` says."""
     from .codes import CodeCache, read_pack
     from .data import read_split
+    from .labels import unencodable_summary
     from .models import checkpoint_files, load_mimi, load_tokenizer
 
     source = cfg.output_path(cfg.train.data)
@@ -223,12 +224,15 @@ def load_samples(cfg: Config, ckpt: Path, device: str) -> tuple[list[Sample], ob
         labels, codes = read_pack(source, mimi_file)
     else:
         utterances = read_split(source, "train")
-        labels = [{"alignments": u.alignments, "number_spans": u.number_spans} for u in utterances]
+        labels = [{"path": str(u.path), "alignments": u.alignments, "number_spans": u.number_spans} for u in utterances]
         cache = CodeCache(load_mimi(ckpt, device), mimi_file, cfg.artifacts_dir / "cache" / "codes", device)
         codes = cache.encode_all([u.path for u in utterances])
     if not labels:
         raise TrainingError(f"{source} holds no training utterances; build a dataset with `invoke data`")
-    return [sample_of(entry, c, cfg.train.number_form) for entry, c in zip(labels, codes)], load_tokenizer(ckpt)
+    tokenizer = load_tokenizer(ckpt)
+    if problem := unencodable_summary(labels, tokenizer.encode):
+        tqdm.write(f"warning: {problem}")
+    return [sample_of(entry, c, cfg.train.number_form) for entry, c in zip(labels, codes)], tokenizer
 
 
 def sample_of(labels: dict, codes: torch.Tensor, number_form: str = "words") -> Sample:

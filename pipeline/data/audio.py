@@ -8,14 +8,32 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 SAMPLE_RATE = 24_000  # Mimi's rate: every dataset file is mono 24 kHz
 WHISPER_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+CLIP_LEVEL = 0.999  # |sample| at or above this is at full scale (16-bit: 32735 and up)
+CLIP_SHARE = 0.001  # a recording with more of its samples at full scale is clipped
+
+_warned: set[str] = set()
 
 
 class AudioError(ValueError):
     """An audio file that cannot be used; the message names it."""
+
+
+def warn(message: str) -> None:
+    """One line about a repair or a skipped file. Each message is printed once per run: the
+    eval stage reads a file for its speech bounds and again for streaming."""
+    if message not in _warned:
+        _warned.add(message)
+        tqdm.write(f"warning: {message}")
+
+
+def clipped_share(audio: np.ndarray) -> float:
+    """The share of samples at (or beyond) full scale."""
+    return float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if audio.size else 0.0
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -27,17 +45,42 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarra
     return soxr.resample(audio.astype(np.float32, copy=False), source_rate, target_rate, quality="HQ")
 
 
-def read_audio(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Any wav/flac/mp3/ogg file as mono float32 at `rate` (channels averaged)."""
+def read_audio(path: str | Path, rate: int = SAMPLE_RATE, clipped_ok: bool = True) -> np.ndarray:
+    """Any wav/flac/mp3/ogg file as mono float32 at `rate`.
+
+    Repaired with a warning: several channels (averaged), another rate (resampled), float
+    samples beyond full scale (scaled to a 0.99 peak: nothing is lost). Refused with an
+    `AudioError` naming the file: unreadable, empty, no samples, NaN/inf, and clipped audio
+    unless `clipped_ok` (then a warning: the clipping cannot be undone)."""
     path = Path(path)
     if path.suffix.lower() not in AUDIO_SUFFIXES:
         raise AudioError(f"{path}: unsupported audio type {path.suffix!r}; use one of {AUDIO_SUFFIXES}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes); re-export it or remove it")
     try:
         data, source_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
+        raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC, or remove it") from None
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: the file holds no audio")
+        raise AudioError(f"{path}: the file holds no audio (0 samples); re-record it or remove it")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples; re-export it or remove it")
+    repairs = []
+    if data.shape[1] > 1:
+        repairs.append(f"{data.shape[1]} channels mixed down to mono")
+    peak = float(np.abs(data).max())
+    if peak > 1.0:
+        data = data * np.float32(0.99 / peak)
+        repairs.append(f"peak {peak:.2f} is beyond full scale, scaled down to 0.99")
+    elif clipped_share(data) > CLIP_SHARE:
+        message = f"{path}: clipped ({clipped_share(data):.1%} of samples at full scale); re-record it at a lower level"
+        if not clipped_ok:
+            raise AudioError(f"{message} or remove it")
+        warn(f"{message}; used as it is")
+    if source_rate != rate:
+        repairs.append(f"{source_rate} Hz resampled to {rate} Hz")
+    if repairs:
+        warn(f"{path}: " + "; ".join(repairs))
     return resample(data.mean(axis=1), source_rate, rate)
 
 

@@ -6,10 +6,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
-from .audio import SAMPLE_RATE
-from .dataset import SPEAKER, SPLITS
+from .audio import CLIP_SHARE, SAMPLE_RATE, clipped_share
+from .dataset import SPEAKER, SPLITS, DataError, index_path
 from .normalize import LANGS
 
 _DIGIT = re.compile(r"\d")
@@ -57,18 +58,31 @@ def _check_entry(folder: Path, index: Path, n: int, line: str, min_tail: float, 
         rel, duration = entry["path"], float(entry["duration"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         return [f"{where}: not a {{\"path\", \"duration\"}} JSON line"]
-    if Path(rel).is_absolute() or ".." in Path(rel).parts:
-        return [f"{where}: path {rel!r} must be relative to the dataset folder"]
-    audio = folder / rel
+    try:
+        audio = index_path(folder, rel, where)
+    except DataError as exc:
+        return [str(exc)]
     if not audio.is_file():
         return [f"{audio}: missing (listed in {index.name} line {n})"]
+    fix = f"rebuild with `invoke data` or remove line {n} of {index.name}"
+    if audio.stat().st_size == 0:
+        return [f"{audio}: empty file (0 bytes); {fix}"]
     problems = []
     try:
         info = sf.info(str(audio))
+        samples, _ = sf.read(str(audio), dtype="float32", always_2d=True)
     except RuntimeError as exc:
-        return [f"{audio}: unreadable audio ({exc})"]
+        return [f"{audio}: unreadable audio ({exc}); {fix}"]
     if info.format != "WAV" or info.samplerate != SAMPLE_RATE or info.channels != 1:
-        problems.append(f"{audio}: {info.format} {info.samplerate} Hz {info.channels} ch; must be WAV {SAMPLE_RATE} Hz mono")
+        problems.append(f"{audio}: {info.format} {info.samplerate} Hz {info.channels} ch; "
+                        f"must be WAV {SAMPLE_RATE} Hz mono: convert it, or {fix}")
+    if info.frames == 0:
+        problems.append(f"{audio}: holds no audio (0 samples); {fix}")
+    elif not np.isfinite(samples).all():
+        problems.append(f"{audio}: contains NaN or infinite samples; {fix}")
+    elif clipped_share(samples) > CLIP_SHARE:
+        problems.append(f"{audio}: clipped ({clipped_share(samples):.1%} of samples at or beyond full scale); "
+                        f"re-record it at a lower level or remove line {n} of {index.name}")
     real = info.frames / info.samplerate
     if abs(real - duration) > 0.01:
         problems.append(f"{audio}: {index.name} says {duration:.3f} s, the file holds {real:.3f} s")
@@ -78,8 +92,8 @@ def _check_entry(folder: Path, index: Path, n: int, line: str, min_tail: float, 
         alignments = labels["alignments"]
     except FileNotFoundError:
         return problems + [f"{labels_path}: missing; every audio file needs its labels beside it"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        return problems + [f"{labels_path}: no readable 'alignments' ({exc.__class__.__name__})"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return problems + [f"{labels_path}: no readable 'alignments' ({exc.__class__.__name__}); fix it or {fix}"]
     problems += [f"{labels_path}: {p}" for p in _check_labels(labels, alignments, real, min_tail)]
     written = labels.get("written", "")
     if written:
@@ -99,6 +113,12 @@ def _check_labels(labels: dict, alignments: list, duration: float, min_tail: flo
         except (TypeError, ValueError):
             problems.append(f"alignment {i} is not [word, [start, end], speaker]")
             continue
+        if not isinstance(word, str):
+            problems.append(f"alignment {i}: word {word!r} must be a string")
+            continue
+        if not any(ch.isprintable() and not ch.isspace() for ch in word):
+            # SentencePiece writes no token for it: the word would vanish from the training labels.
+            problems.append(f"alignment {i}: word {word!r} has no visible characters; remove it")
         if speaker != SPEAKER:
             problems.append(f"alignment {i} ({word!r}): speaker {speaker!r}, expected {SPEAKER!r}")
         if _DIGIT.search(word):
@@ -107,7 +127,7 @@ def _check_labels(labels: dict, alignments: list, duration: float, min_tail: flo
             problems.append(f"alignment {i} ({word!r}): times [{start}, {end}] must satisfy 0 <= start < end")
         if end > duration + 1e-3:
             problems.append(f"alignment {i} ({word!r}): ends at {end:.3f} s, after the audio ({duration:.3f} s)")
-        if start < prev_start or start < prev_end - 0.01:
+        if i and (start < prev_start or start < prev_end - 0.01):
             problems.append(f"alignment {i} ({word!r}): starts at {start:.3f} s, before the previous word ends")
         prev_start, prev_end = start, max(prev_end, end)
     tail = duration - prev_end

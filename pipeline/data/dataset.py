@@ -264,6 +264,14 @@ def _nested(counter: Counter) -> dict:
 
 # --- reading ------------------------------------------------------------------------------------
 
+def index_path(folder: Path, rel: object, where: str) -> Path:
+    """The file an index line points at; refused when it could lie outside the dataset folder."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise DataError(f"{where}: path {rel!r} must be relative to the dataset folder, without '..'; "
+                        "fix the line or rebuild with `invoke data`")
+    return folder / rel
+
+
 def read_split(folder: str | Path, split: str) -> list[Utterance]:
     """Every utterance of `split` ('train' or 'eval'), labels included."""
     folder = Path(folder)
@@ -278,16 +286,25 @@ def read_split(folder: str | Path, split: str) -> list[Utterance]:
             continue
         try:
             entry = json.loads(line)
-            audio = folder / entry["path"]
-            labels = json.loads(audio.with_suffix(".json").read_text())
+            rel, duration = entry["path"], float(entry["duration"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(f"{index}:{n}: not a {{\"path\", \"duration\"}} JSON line; "
+                            f"run `invoke data --check {folder}`") from None
+        audio = index_path(folder, rel, f"{index}:{n}")
+        labels_path = audio.with_suffix(".json")
+        try:
+            labels = json.loads(labels_path.read_text())
             out.append(Utterance(
-                path=audio, duration=float(entry["duration"]),
+                path=audio, duration=duration,
                 alignments=[(w, (float(t[0]), float(t[1])), sp) for w, t, sp in labels["alignments"]],
                 text=labels.get("text", ""), written=labels.get("written", ""), lang=labels.get("lang", "en"),
                 voice=labels.get("voice", ""), category=labels.get("category", ""),
                 number_spans=[NumberSpan(**s) for s in labels.get("number_spans", [])],
                 flags=list(labels.get("flags", []))))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
-            raise DataError(f"{index}:{n}: unreadable entry ({exc.__class__.__name__}: {exc}); "
+        except FileNotFoundError:
+            raise DataError(f"{labels_path}: missing (listed in {index.name} line {n}); every audio file needs "
+                            f"its labels beside it: run `invoke data --check {folder}`") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
+            raise DataError(f"{labels_path}: unreadable labels ({exc.__class__.__name__}: {exc}); "
                             f"run `invoke data --check {folder}`") from None
     return out

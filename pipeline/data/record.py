@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, WHISPER_RATE, read_audio, resample, write_text, write_wav
-from .normalize import NumberSpan, Spoken
+from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, WHISPER_RATE, read_audio, resample, warn, write_text, write_wav
+from .normalize import LANGS, NumberSpan, Spoken
 from .prompts import make_prompts
 
 Capture = Callable[[Callable[[], None]], tuple[np.ndarray, int]]
@@ -100,24 +100,25 @@ def import_items(cfg, annotators) -> Iterator:
     rng = random.Random(d.seed + 1)
     for path in tqdm(files, desc="importing audio", unit="file", disable=not files):
         meta_path, text_path = path.with_suffix(".prompt.json"), path.with_suffix(".txt")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        lang = meta.get("lang", d.import_lang)
-        annotator = annotators[lang]
         try:
-            audio = read_audio(path, SAMPLE_RATE)
+            meta = _prompt_meta(meta_path)
+            lang = meta.get("lang", d.import_lang)
+            annotator = annotators[lang]
+            # Clipped takes are skipped: Whisper aligns them worse and the model would learn the distortion.
+            audio = read_audio(path, SAMPLE_RATE, clipped_ok=False)
             lead = rng.uniform(0.0, d.lead_silence_max) if _starts_with_speech(audio) else 0.0
             audio = np.concatenate([np.zeros(int(lead * SAMPLE_RATE), np.float32), audio])
             audio16 = resample(audio, SAMPLE_RATE, WHISPER_RATE)
             if meta:
-                spoken = Spoken(meta["text"].split(), meta["text"].split(),
-                                [NumberSpan(**s) for s in meta.get("number_spans", [])])
+                spoken = Spoken(meta["text"].split(), meta["text"].split(), meta["number_spans"])
                 annotation = annotator.annotate(audio16, spoken)
             elif text_path.is_file():
                 annotation = annotator.annotate(audio16, text=text_path.read_text().strip())
             else:
                 annotation = annotator.annotate(audio16)
-        except ValueError as exc:  # unreadable audio or transcript: skip it, say which and why
-            tqdm.write(f"warning: {path}: skipped ({exc})")
+        except ValueError as exc:  # unreadable audio, labels or transcript: skip it, say which and why
+            reason = str(exc).removeprefix(f"{path}: ")
+            warn(f"{path}: skipped: {reason}")
             continue
         written = meta.get("written") or (text_path.read_text().strip() if text_path.is_file() else annotation.whisper_text)
         audio = ensure_tail(audio, annotation.timings[-1][1], d.text_delay + d.tail_margin)
@@ -125,6 +126,27 @@ def import_items(cfg, annotators) -> Iterator:
                    meta.get("voice", f"import:{path.parent.name}"), "recording" if meta else "import",
                    written, {"timing": "whisper", "whisper_text": annotation.whisper_text, "original": str(path)},
                    annotation.flags)
+
+
+def _prompt_meta(path: Path) -> dict:
+    """A recording session's `<stem>.prompt.json` (spans as `NumberSpan`s), or {} if there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); fix it, or delete it to label the audio "
+                         "with Whisper") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("text"), str) or not meta["text"].strip():
+        raise ValueError(f"{path}: needs a 'text' field with the words spoken; fix it, or delete it to label "
+                         "the audio with Whisper")
+    if meta.get("lang", "en") not in LANGS:
+        raise ValueError(f"{path}: lang {meta['lang']!r} must be one of {LANGS}; fix it")
+    try:
+        meta["number_spans"] = [NumberSpan(**s) for s in meta.get("number_spans", [])]
+    except TypeError:
+        raise ValueError(f"{path}: 'number_spans' must be a list of {{first, last, written, kind}}; fix it") from None
+    return meta
 
 
 def _starts_with_speech(audio: np.ndarray) -> bool:

@@ -96,7 +96,11 @@ def read_transcribed_folder(folder: Path, lang: str = "en") -> list[Reference]:
         txt = path.with_suffix(".txt")
         if not txt.is_file():
             continue
-        words, spans = transcript_words(txt.read_text().strip(), lang)
+        try:
+            text = txt.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise EvalError(f"{txt}: not UTF-8 text; save the transcript as UTF-8") from None
+        words, spans = transcript_words(text, lang)
         bounds = energy_bounds(path)
         rel = path.relative_to(folder)
         refs.append(Reference(str(rel.with_suffix("")), words, None, spans, bounds, "energy" if bounds else "none",
