@@ -229,17 +229,59 @@ def eval_(c, config=None, set_=None, model=None, candidate=None, data=None):
     print(f"report: {out / 'index.html'}")
 
 
-@task(**COMMON)
-def bench(c, config=None, set_=None, model=None):
-    """Training throughput at the 1B shape against the moshi-module peer (needs a CUDA GPU)."""
+BENCHES = ("data", "export", "stream", "train")
+
+
+@task(help={"what": f"comma-separated benchmarks: {', '.join(BENCHES)} (default: all; train needs CUDA)",
+            **HELP, **MODEL_HELP}, iterable=["set_"])
+def bench(c, config=None, set_=None, model=None, what=",".join(BENCHES)):
+    """Benchmarks (figures, not tests): data synthesis and Whisper speed/accuracy, merge+export vs a
+    plain copy, Candle vs PyTorch streaming (1b shape, CPU), GPU training against the moshi peer."""
+    import json
+    import time
+
     import torch
 
-    if not torch.cuda.is_available():
-        raise Exit("`invoke bench` times GPU training and needs a CUDA GPU; figures measured on the "
-                   "GPU box are in docs/benchmarks.md. Nothing was run.", code=3)
-    from pipeline.bench import run_train_benchmarks
+    cfg = _config(config, set_ or [], model)
+    chosen = [w.strip() for w in what.split(",") if w.strip()]
+    unknown = sorted(set(chosen) - set(BENCHES))
+    if unknown:
+        raise Exit(f"error: unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHES)}", code=2)
+    log = cfg.artifacts_dir / "bench" / f"{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
 
-    run_train_benchmarks()
+    def emit(row: dict) -> None:
+        line = json.dumps({**row, "date": time.strftime("%Y-%m-%d")})
+        print(line, flush=True)
+        with open(log, "a") as fh:
+            fh.write(line + "\n")
+
+    if "data" in chosen:
+        from pipeline.data import bench_data, measure_annotation
+
+        whisper_cache = cfg.artifacts_dir / "whisper"
+        emit({"what": "data_speed", **bench_data(cache_dir=whisper_cache, whisper=cfg.data.whisper)})
+        quality = measure_annotation(cfg.data.whisper, n_piper=100, n_espeak=60, cache_dir=whisper_cache)
+        emit({"what": "annotation_quality", **{k: v for k, v in quality.items() if k != "piper_misses"}})
+    if "export" in chosen or "stream" in chosen:
+        from pipeline import bench as b
+
+        one_b = _model_dir_for(cfg, "1b")
+        if "export" in chosen:
+            emit(b.bench_export(one_b, cfg.artifacts_dir / "bench" / "export-work"))
+        if "stream" in chosen:
+            emit(b.bench_stream(one_b))
+    if "train" in chosen:
+        if torch.cuda.is_available():
+            from pipeline.bench import run_train_benchmarks
+
+            run_train_benchmarks(out=lambda line: emit(json.loads(line)))
+        elif what != ",".join(BENCHES):
+            raise Exit("the train benchmark times GPU training and needs a CUDA GPU; figures measured on "
+                       "the GPU box are in docs/benchmarks.md", code=3)
+        else:
+            print("train: skipped (no CUDA GPU here; GPU figures are in docs/benchmarks.md)")
+    print(f"figures appended to {log}")
 
 
 @task(name="verify-candle", **COMMON)

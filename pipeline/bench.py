@@ -131,6 +131,83 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
     return result
 
 
+# --- CPU: merge + export against a plain copy, Candle against PyTorch streaming ------------------
+
+def _child_peak_mib() -> int:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def _in_child(code: str) -> tuple[float, int]:
+    """Wall time and peak RSS (MiB) of `code` run in a fresh Python (peak RAM of one job only)."""
+    import subprocess
+    import sys
+
+    script = f"import resource, time\nstart = time.perf_counter()\n{code}\n" \
+             "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    seconds, peak = done.stdout.split()[-2:]
+    return float(seconds), int(peak)
+
+
+def bench_export(ckpt, work, rank: int = 32) -> dict:
+    """merge (a random rank-`rank` LoRA on every Linear) + export of `ckpt`, against copying the
+    same files with shutil: seconds and peak RAM of each, in separate processes."""
+    from pathlib import Path
+
+    from .lora import apply_lora, save_adapter
+    from .models import checkpoint_files, checkpoint_info, load_lm
+
+    ckpt, work = Path(ckpt), Path(work)
+    adapter = work / "adapter"
+    if not (adapter / "lora.safetensors").is_file():
+        lm = load_lm(ckpt, dtype=torch.bfloat16)
+        apply_lora(lm, rank, 2.0)
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=1e-3)
+        save_adapter(adapter, lm, dict(checkpoint_info(ckpt).raw_config), rank, 2.0, False)
+        del lm
+    files = [str(p) for p in checkpoint_files(ckpt).values()]
+    copy_s, copy_mib = _in_child(f"import shutil, os\nos.makedirs({str(work / 'copy')!r}, exist_ok=True)\n"
+                                 f"for f in {files!r}: shutil.copy(f, {str(work / 'copy')!r})")
+    merge_s, merge_mib = _in_child(f"from pipeline.merge import merge\n"
+                                   f"merge({str(ckpt)!r}, {str(adapter)!r}, {str(work / 'merged')!r})")
+    export_s, export_mib = _in_child(f"from pipeline.export import export\n"
+                                     f"export({str(work / 'merged')!r}, {str(work / 'export')!r}, 64)")
+    size = sum(Path(f).stat().st_size for f in files)
+    return {"what": "merge_export_vs_copy", "checkpoint": str(ckpt), "gib": round(size / 2**30, 2),
+            "copy_s": round(copy_s, 2), "merge_s": round(merge_s, 2), "export_s": round(export_s, 2),
+            "ratio": round((merge_s + export_s) / copy_s, 2),
+            "peak_mib": {"copy": copy_mib, "merge": merge_mib, "export": export_mib}}
+
+
+def bench_stream(ckpt, steps: int = 50, warmup: int = 5) -> dict:
+    """Streaming LM steps per second on this CPU, float32, same codes: Candle vs PyTorch moshi."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .verify import candle_stream, torch_stream
+
+    rng = np.random.default_rng(0)
+    config = json.loads((Path(ckpt) / "config.json").read_text())
+    codes = rng.integers(0, config["card"], (steps + warmup, config["n_q"]))
+    out = {"what": "stream_cpu_f32", "checkpoint": str(ckpt), "steps": steps, "threads": torch.get_num_threads()}
+    for name, run in (("torch", torch_stream), ("candle", candle_stream)):
+        run(Path(ckpt), codes[:warmup])  # load and warm up outside the timing
+        start = time.perf_counter()
+        run(Path(ckpt), codes)
+        total = time.perf_counter() - start
+        start = time.perf_counter()
+        run(Path(ckpt), codes[:1])
+        load = time.perf_counter() - start  # a one-step run: the load cost to subtract
+        out[f"{name}_step_ms"] = round(1000 * (total - load) / (steps + warmup - 1), 1)
+    out["candle_vs_torch_speed"] = round(out["torch_step_ms"] / out["candle_step_ms"], 2)
+    return out
+
+
 def run_train_benchmarks(out=print) -> list[dict]:
     """Peer then ours, with and without checkpointing, plus the card's matmul rate (MFU)."""
     rate = matmul_rate()

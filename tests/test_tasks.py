@@ -18,10 +18,15 @@ def test_list_shows_every_stage():
         assert f"  {name} " in out
 
 
-def test_gpu_benchmark_without_a_gpu_says_so_and_runs_nothing():
-    result = invoke("bench")
+def test_gpu_benchmark_without_a_gpu_says_so_and_runs_nothing(tmp_path):
+    result = invoke("bench", "--what", "train", "--set", f"artifacts={tmp_path}")
     assert result.returncode == 3
-    assert "needs a CUDA GPU" in result.stderr and "Nothing was run" in result.stderr
+    assert "needs a CUDA GPU" in result.stderr and "docs/benchmarks.md" in result.stderr
+
+
+def test_unknown_benchmark_is_one_line_with_exit_code_2(tmp_path):
+    result = invoke("bench", "--what", "data,speed", "--set", f"artifacts={tmp_path}")
+    assert result.returncode == 2 and "unknown benchmark 'speed'" in result.stderr
 
 
 def test_bad_override_is_one_line_with_exit_code_2():
