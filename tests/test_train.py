@@ -76,7 +76,10 @@ def test_batch_targets_line_up_with_the_audio(samples, tiny_ckpt):
     batch = tr.make_batch([[(0, 0, n0), (1, 0, n1)]], samples, n0 + n1 + 20, tok.encode, 1000, 64, delay=0.5)
     assert torch.equal(batch.inputs[0, 1:, 1:n0 + 1], samples[0].codes)  # shifted by one frame
     assert torch.equal(batch.inputs[0, 1:, n0 + 1:n0 + n1 + 1], samples[1].codes)
-    assert (batch.text[0, n0 + n1:] == -1).all() and (batch.text[0, :6] == -1).all()
+    assert (batch.text[0, n0 + n1:] == -1).all()
+    assert (batch.text[0, :3] == 3).all()  # a window opening on an utterance's start: padding, as live
+    cut = tr.make_batch([[(0, 5, n0 - 5)]], samples, n0, tok.encode, 1000, 64, delay=0.5)
+    assert (cut.text[0, :6] == -1).all()  # opening mid-utterance: unknown, masked
     assert batch.head_mask[0].sum() == n0 + n1 and batch.real_frames == n0 + n1
     assert batch.number_mask[0].sum() > 0
     written = [t for t in batch.text[0].tolist() if t > 3]

@@ -27,14 +27,23 @@ class Voice:
 
 def pick_voice(lang: str, rng: random.Random, piper_fraction: float, held_out: Sequence[str] = (),
                split: str = "train") -> Voice:
-    """A random voice for one prompt. `held_out` voices ("en-gb-scotland", "piper", ...) speak
-    only eval prompts, so the eval split measures unseen voices; the eval split uses only them
-    where the language has one (else every voice of the language)."""
+    """A random voice for one prompt. `held_out` voices speak only eval prompts, so the eval
+    split measures unseen voices: espeak-ng accents ("en-gb-scotland"), espeak-ng voice variants
+    ("+f3": a timbre, on any accent) or "piper". The eval split draws from the held-out ones
+    (all of the language's voices when none is of that language)."""
     names = (ENGLISH_VOICES + ["piper"]) if lang == "en" else list(FRENCH_VOICES)
-    if held_out:
-        kept = [n for n in names if (n in held_out) == (split == "eval")]
-        if kept or split == "train":
-            names = kept
+    variants = list(VARIANTS)
+    held = set(held_out)
+    if split == "eval":
+        accents = [n for n in names if n in held]
+        variants = [v for v in VARIANTS if v and f"+{v}" in held] or variants
+        if accents:
+            names = accents
+        elif variants != VARIANTS:
+            names = [n for n in names if n != "piper"]  # piper has no variants: it was heard in training
+    else:
+        names = [n for n in names if n not in held]
+        variants = [v for v in VARIANTS if f"+{v}" not in held]
     if lang == "en" and rng.random() < piper_fraction and "piper" in names:
         return Voice("piper", PIPER_VOICE, {"length_scale": round(rng.uniform(0.85, 1.3), 3),
                                             "noise_scale": round(rng.uniform(0.4, 0.8), 3),
@@ -43,7 +52,7 @@ def pick_voice(lang: str, rng: random.Random, piper_fraction: float, held_out: S
     if not espeak:
         raise ValueError(f"data.eval_voices holds every {lang} espeak-ng voice; keep at least one for training")
     base = rng.choice(espeak)
-    variant = rng.choice(VARIANTS)
+    variant = rng.choice(variants)
     return Voice("espeak", base + (f"+{variant}" if variant else ""),
                  {"rate": rng.randint(130, 230), "pitch": rng.randint(25, 75), "range": rng.randint(30, 80)})
 
