@@ -161,17 +161,14 @@ def organism(c, config=None, set_=None, model=None, prepare=False):
       iterable=["set_"])
 def pack(c, config=None, set_=None, model=None, out=None):
     """Encode data.out's train split with the model's Mimi into one code pack (train anywhere, no audio)."""
-    from pipeline.codes import CodeCache, write_pack
+    from pipeline.codes import pack_utterances
     from pipeline.data import read_split
-    from pipeline.models import checkpoint_files, load_mimi
 
     cfg = _config(config, set_ or [], model)
     ckpt, data = _model_dir(cfg), cfg.output_path(cfg.data.out)
     out = out or f"{data}.pack.safetensors"
     utterances = _run_stage(read_split, data, "train")
-    mimi_file = checkpoint_files(ckpt)["mimi"]
-    cache = CodeCache(load_mimi(ckpt), mimi_file, cfg.artifacts_dir / "cache" / "codes")
-    write_pack(out, utterances, _run_stage(cache.encode_all, [u.path for u in utterances]), mimi_file)
+    _run_stage(pack_utterances, ckpt, utterances, out, cfg.artifacts_dir / "cache" / "codes")
     print(f"wrote {out}: {len(utterances)} utterances; train on it with --set train.data={out}")
 
 

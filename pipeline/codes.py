@@ -90,6 +90,15 @@ def write_pack(path: Path, utterances: Sequence, codes: Sequence[torch.Tensor], 
     return Path(path)
 
 
+def pack_utterances(ckpt: Path, utterances: Sequence, out: Path, cache_root: Path) -> Path:
+    """Encode `utterances` with checkpoint `ckpt`'s Mimi (through the code cache) into a pack."""
+    from .models import checkpoint_files, load_mimi
+
+    mimi_file = checkpoint_files(ckpt)["mimi"]
+    cache = CodeCache(load_mimi(ckpt), mimi_file, cache_root)
+    return write_pack(out, utterances, cache.encode_all([u.path for u in utterances]), mimi_file)
+
+
 def read_pack(path: Path, mimi_file: Path) -> tuple[list[dict], list[torch.Tensor]]:
     """(labels, codes) of a pack; refused if it was made by another Mimi than `mimi_file`."""
     import json

@@ -26,6 +26,7 @@ import numpy as np
 
 from .checkpoint import Preset, build_checkpoint, small_mimi_config
 from .config import Config
+from .io import atomic_dir
 from .labels import Word, digit_form
 
 SPEECH_RATE = 24_000
@@ -84,9 +85,8 @@ def organism_train_config(cfg: Config) -> Config:
 def build_organism(cfg: Config, prepare_only: bool = False) -> Path:
     """`invoke organism`: dataset -> init checkpoint -> code pack -> trained base; returns model/
     (or, with `prepare_only`, the pack: carry it and init/ to a GPU machine and train there)."""
-    from .codes import CodeCache, write_pack
+    from .codes import pack_utterances
     from .data import build_dataset, read_split
-    from .models import checkpoint_files, load_mimi
     from .train import train
 
     paths = organism_paths(cfg)
@@ -103,16 +103,10 @@ def build_organism(cfg: Config, prepare_only: bool = False) -> Path:
             speech = fitting_speech(utterances, cfg.organism.fit_seconds)
             build_checkpoint(organism_preset(cfg), "organism", paths["init"], cfg.organism.seed,
                              fit_audio=speech, corpus=label_corpus(utterances))
-        mimi_file = checkpoint_files(paths["init"])["mimi"]
-        cache = CodeCache(load_mimi(paths["init"]), mimi_file, cfg.artifacts_dir / "cache" / "codes")
-        codes = cache.encode_all([u.path for u in utterances])
-        write_pack(paths["pack"], utterances, codes, mimi_file)
+        pack_utterances(paths["init"], utterances, paths["pack"], cfg.artifacts_dir / "cache" / "codes")
     if prepare_only:
         return paths["pack"]
     run = train(organism_train_config(cfg), paths["init"], resume=True)
-    tmp = paths["model"].with_name(".model.copying")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run / "final", tmp)
-    shutil.rmtree(paths["model"], ignore_errors=True)
-    tmp.rename(paths["model"])
+    with atomic_dir(paths["model"]) as tmp:
+        shutil.copytree(run / "final", tmp, dirs_exist_ok=True)
     return paths["model"]
