@@ -13,9 +13,22 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 echo "== installing stt-numerals (Python deps, torch, moshi, and the candle_bridge Rust extension)"
-.venv/bin/python -m pip install --quiet --upgrade pip
+# torch from PyPI is a 900 MB CUDA wheel (plus its nvidia-* libraries); a dropped connection
+# mid-download is the usual failure, so pip resumes within a run and the run is retried.
+pip_install() {
+  local attempt
+  for attempt in 1 2 3; do
+    .venv/bin/python -m pip install "$@" && return 0
+    [ "$attempt" = 3 ] && break
+    echo "== pip install failed (attempt $attempt of 3); retrying in 30 s" >&2
+    sleep 30
+  done
+  echo "error: pip install $* failed 3 times; check the network or the pip cache and rerun bash bootstrap.sh" >&2
+  exit 1
+}
+pip_install --quiet --upgrade pip
 # Editable install: maturin compiles candle_bridge (release) and links the `pipeline` package.
-.venv/bin/python -m pip install --quiet --progress-bar off -e ".[test]"
+pip_install --quiet --progress-bar off --resume-retries 20 -e ".[test]"
 
 if [ "${1:-}" != "--no-run" ]; then
   echo "== invoke all (offline, tiny default model)"
