@@ -135,7 +135,8 @@ def train(c, config=None, set_=None, model=None, resume=False, gpus=1):
         out = _run_stage(run, cfg, ckpt, resume=resume)
     except TrainingError as exc:
         raise Exit(f"error: {exc}", code=2) from None
-    print(f"trained adapter: {out / 'final'} (metrics in {out / 'metrics.jsonl'})")
+    what = "model" if cfg.train.method == "full" else "adapter"
+    print(f"trained {what}: {out / 'final'} (metrics in {out / 'metrics.jsonl'})")
 
 
 @task(help={"prepare": "stop before training: dataset, init/ and the code pack only (to train elsewhere)",

@@ -8,6 +8,7 @@ fields it changes; `--set section.field=value` overrides win over the file.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -310,6 +311,9 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: model.source is empty; give a preset, a directory or a repo id")
 
 
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _check_type(value: Any, hint: Any, name: str, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -319,6 +323,8 @@ def _check_type(value: Any, hint: Any, name: str, where: str) -> Any:
         hint = next(h for h in options if h is not type(None))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads "3e-4" as a string: it wants "3.0e-4"
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
     if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):

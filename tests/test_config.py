@@ -19,11 +19,22 @@ def test_file_and_overrides_are_typed(tmp_path):
     assert str(cfg.artifacts_dir) == "/tmp/x"
 
 
+def test_exponent_floats_without_a_dot(tmp_path):
+    # PyYAML reads "3e-4" as a string (YAML 1.1 wants "3.0e-4"); people write it anyway.
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n")
+    assert load_config(path).train.lr == 1e-3
+    assert load_config(path, ["train.lr=3e-4"]).train.lr == 3e-4
+    with pytest.raises(ConfigError, match="train.lr must be a float"):
+        load_config(None, ["train.lr=3e-4x"])
+
+
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
         ("model:\n  sorce: x\n", [], "unknown field model.sorce"),
         ("", ["checkpoint.seed=abc"], "checkpoint.seed must be a int"),
+        ("", ["checkpoint.seed=1e3"], "checkpoint.seed must be a int"),
         ("", ["verify.lm_dtype=f64"], "verify.lm_dtype must be one of"),
         ("model: [1, 2]\n", [], "model must be a mapping"),
         ("model: {source: tiny\n", [], "not valid YAML"),
