@@ -168,6 +168,38 @@ def forward_stt(lm, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return text_logits[:, 0], heads
 
 
+def use_window_attention(lm) -> int:
+    """Give each self-attention of `lm` a training forward that calls SDPA with `is_causal=True`.
+
+    moshi's attention passes SDPA a boolean mask (causal, within `context` frames), which rules
+    out the flash kernel. For a whole window (no streaming state) that is no longer than the
+    context, that mask is exactly the causal mask, so `is_causal=True` computes the same thing,
+    faster. Anything else (streaming, longer windows, several weight sets, grouped KV) goes to
+    moshi's own forward. Returns how many attention modules were given the path."""
+    import types
+
+    from einops import rearrange
+    from moshi.modules.transformer import StreamingMultiheadAttention
+
+    def forward(self, query, key, value):
+        B, T = query.shape[:2]
+        if self._streaming_state is not None or (self.context is not None and T > self.context):
+            return StreamingMultiheadAttention.forward(self, query, key, value)
+        q, k, v = rearrange(self.in_projs[0](query), "b t (p h d) -> p b h t d", p=3, h=self.num_heads)
+        if self.rope:
+            q, k = self.rope(q, k, torch.zeros(B, device=query.device, dtype=torch.long), time_before_heads=False)
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_projs[0](rearrange(x, "b h t d -> b t (h d)"))
+
+    count = 0
+    for module in lm.modules():
+        if (isinstance(module, StreamingMultiheadAttention) and module.causal and not module.cross_attention
+                and len(module.in_projs) == 1 and module.kv_repeat == 1):
+            module.forward = types.MethodType(forward, module)
+            count += 1
+    return count
+
+
 class SttForward(torch.nn.Module):
     """`forward_stt` as a module, so DistributedDataParallel can wrap it (DDP syncs gradients
     only for calls that go through its own forward)."""
@@ -304,6 +336,7 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
     else:
         params = apply_lora(lm, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
     lm.train()
+    use_window_attention(lm)
     model = SttForward(lm)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device])

@@ -207,3 +207,32 @@ def test_full_training_resumes_from_its_weights(tmp_path, tiny_ckpt, samples):
     a = load_file(str(straight / "final" / "model.safetensors"))
     b = load_file(str(resumed / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("context", [None, 16])
+def test_window_attention_equals_moshis_attention(tiny_ckpt, context):
+    """The is_causal fast path gives moshi's outputs and gradients; a window longer than the
+    attention context (16 frames here) keeps moshi's windowed mask."""
+    torch.manual_seed(0)
+    reference, fast = load_lm(tiny_ckpt, dtype=torch.float32), load_lm(tiny_ckpt, dtype=torch.float32)
+    attention = [m for m in reference.modules() if type(m).__name__ == "StreamingMultiheadAttention"]
+    if context is not None:
+        for lm in (reference, fast):
+            for m in lm.modules():
+                if type(m).__name__ == "StreamingMultiheadAttention":
+                    m.context = context
+    assert tr.use_window_attention(fast) == len(attention) > 0
+    codes = torch.randint(0, reference.card, (2, reference.n_q + 1, 40))
+    codes[:, 0] = torch.randint(0, reference.text_card, (2, 40))
+    inputs = tr.shift_inputs(codes, reference.text_card, reference.card)
+    outputs = []
+    for lm in (reference, fast):
+        text, heads = tr.forward_stt(lm, inputs)
+        (text.logsumexp(-1).sum() + heads.sum()).backward()
+        outputs.append((text, heads, lm.transformer.layers[0].self_attn.in_projs[0].weight.grad))
+    for ref, got in zip(*outputs):
+        assert torch.allclose(ref, got, rtol=1e-5, atol=1e-5), (ref - got).abs().max()
+    if context is None:  # the bug this guards against: a path that ignores causality
+        future = inputs.clone()
+        future[:, :, -1] = 0
+        assert torch.allclose(tr.forward_stt(fast, future)[0][:, :-1], outputs[1][0][:, :-1], atol=1e-5)
