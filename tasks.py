@@ -227,10 +227,10 @@ def eval_(c, config=None, set_=None, model=None, candidate=None, data=None):
     print(f"report: {out / 'index.html'}")
 
 
-BENCHES = ("data", "export", "stream", "train")
+BENCHES = ("data", "export", "stream", "train", "ddp")
 
 
-@task(help={"what": f"comma-separated benchmarks: {', '.join(BENCHES)} (default: all; train needs CUDA)",
+@task(help={"what": f"comma-separated benchmarks: {', '.join(BENCHES)} (default: all; train needs CUDA, ddp 2+ GPUs)",
             **HELP, **MODEL_HELP}, iterable=["set_"])
 def bench(c, config=None, set_=None, model=None, what=",".join(BENCHES)):
     """Benchmarks (figures, not tests): data synthesis and Whisper speed/accuracy, merge+export vs a
@@ -279,6 +279,16 @@ def bench(c, config=None, set_=None, model=None, what=",".join(BENCHES)):
                        "the GPU box are in docs/benchmarks.md", code=3)
         else:
             print("train: skipped (no CUDA GPU here; GPU figures are in docs/benchmarks.md)")
+    if "ddp" in chosen:
+        if torch.cuda.device_count() >= 2:
+            from pipeline.bench import run_ddp_benchmark
+
+            for row in run_ddp_benchmark(torch.cuda.device_count()):
+                emit(row)
+        elif what != ",".join(BENCHES):
+            raise Exit("the ddp benchmark compares 1 GPU with several and needs 2 or more CUDA GPUs", code=3)
+        else:
+            print("ddp: skipped (fewer than 2 CUDA GPUs here)")
     print(f"figures appended to {log}")
 
 

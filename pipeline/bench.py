@@ -14,6 +14,7 @@ gradients), and MFU against the card's measured bf16 matmul rate.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import torch
@@ -73,7 +74,8 @@ def _time(step, steps: int, warmup: int) -> float:
 
 def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 30.0, rank: int = 128,
                 checkpointing: bool = False, steps: int = 8, warmup: int = 3, device: str = "cuda",
-                compile: bool = False, lora_dtype: torch.dtype = torch.float32, window_attention: bool = True) -> dict:
+                compile: bool = False, lora_dtype: torch.dtype = torch.float32, window_attention: bool = True,
+                ddp: bool = False) -> dict:
     """Median step time of one training configuration, as a dict of figures."""
     from moshi.modules.lora import replace_all_linear_with_lora
 
@@ -107,6 +109,9 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
         if window_attention:  # as pipeline.train does
             tr.use_window_attention(lm)
         forward = torch.compile(tr.forward_stt) if compile else tr.forward_stt
+        if ddp:  # as `invoke train --gpus N` runs: gradients averaged across processes by DDP
+            model = torch.nn.parallel.DistributedDataParallel(tr.SttForward(lm), device_ids=[device])
+            forward = lambda _lm, x: model(x)  # noqa: E731
         opt = torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1)
         pause = torch.randint(0, 2, (batch, T, 4), device=device).float()
         mask = torch.ones(batch, T, device=device)
@@ -236,10 +241,47 @@ def run_train_benchmarks(out=print) -> list[dict]:
     return rows
 
 
+def run_ddp_benchmark(gpus: int) -> list[dict]:
+    """Our eager training step on 1 GPU, then on `gpus` GPUs with torchrun (DDP, batch 8 per GPU):
+    total frames/s of each and the scaling, measured in the same run."""
+    import subprocess
+    import sys
+
+    rows = []
+    for world in (1, gpus):
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", "-m", "pipeline.bench", "ddp"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"torchrun with {world} GPU(s) failed:\n{done.stderr[-2000:]}")
+        row = json.loads(lines[-1])
+        if rows:
+            row["scaling_vs_1_gpu"] = round(row["frames_per_s"] / rows[0]["frames_per_s"], 2)
+        rows.append(row)
+    return rows
+
+
+def _ddp_child() -> None:
+    """One torchrun process of `run_ddp_benchmark`; rank 0 prints the total frames/s."""
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl")
+    device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    torch.cuda.set_device(device)
+    row = bench_train("ours", device=device, ddp=True)
+    world = dist.get_world_size()
+    if dist.get_rank() == 0:
+        print(json.dumps({**row, "what": "train_ours_ddp", "gpus": world,
+                          "frames_per_s": row["frames_per_s"] * world}), flush=True)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["variants"]:
+    if sys.argv[1:] == ["ddp"]:
+        _ddp_child()
+    elif sys.argv[1:] == ["variants"]:
         for kwargs in ({"compile": True, "window_attention": False}, {"compile": True},
                        {"compile": True, "lora_dtype": torch.bfloat16}, {"compile": True, "batch": 16}):
             print(json.dumps(bench_train("ours", **kwargs)), flush=True)

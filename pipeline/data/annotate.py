@@ -62,13 +62,13 @@ def split_span(start: float, end: float, words: list[str]) -> list[tuple[float, 
 class Annotator:
     """Whisper annotation for one language."""
 
-    def __init__(self, model, lang: str = "en", beam_size: int | None = None):
+    def __init__(self, model, lang: str = "en", beam_size: int | None = None, prompt: str | None = None):
         import whisper
 
         if lang != "en" and not model.is_multilingual:
             raise ValueError(f"this Whisper model is English-only and cannot annotate {lang!r} audio; "
                              "set data.whisper to a multilingual model (e.g. small or large-v3)")
-        self.model, self.lang, self.beam_size = model, lang, beam_size
+        self.model, self.lang, self.beam_size, self.prompt = model, lang, beam_size, prompt
         self.tokenizer = whisper.tokenizer.get_tokenizer(
             model.is_multilingual, num_languages=model.num_languages, language=lang, task="transcribe")
 
@@ -101,7 +101,7 @@ class Annotator:
         results = []
         for beam_size in dict.fromkeys([self.beam_size, 5]):
             options = whisper.DecodingOptions(language=self.lang, without_timestamps=True, fp16=False,
-                                              temperature=0.0, beam_size=beam_size)
+                                              temperature=0.0, beam_size=beam_size, prompt=self.prompt)
             result = whisper.decode(self.model, mel, options)
             if result.compression_ratio <= 2.4 and result.avg_logprob >= -1.0:
                 return result.text.strip()
