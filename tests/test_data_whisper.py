@@ -171,3 +171,23 @@ def test_benchmark_reports_every_figure(tmp_path_factory):
 ])
 def test_whisper_digit_habits_are_undone(heard, digits):
     assert digits_of(normalize_text(an.clean_transcript(heard), warnings=[]).words) == digits
+
+
+def test_digit_alternatives_of_whisper_habits():
+    assert an.digit_alternatives("Call 0078-234-2954.") == ["Call 778-234-2954."]
+    assert an.digit_alternatives("It's number 0041-9254.") == ["It's number 441-9254."]
+    assert an.digit_alternatives("My code is 1.047.") == ["My code is 1047."]
+    assert an.digit_alternatives("Order 1007, location 000-199.") == []
+
+
+@pytest.mark.parametrize("said, reading, digits", [
+    ("Call 778 234 2954.", Reading(doubles=True), "7782342954"),   # "double seven eight"
+    ("Call 0078 234 2954.", Reading(zero="zero"), "0078 2342954".replace(" ", "")),  # "zero zero seven eight"
+])
+def test_whisper_00_for_double_is_settled_by_the_audio(annotator, said, reading, digits):
+    """Whisper writes both as "0078"; the likelihood of each reading given the audio decides."""
+    _, clip, _ = _speak(PIPER, said, reading=reading)
+    heard = "Call 0078-234-2954."
+    with annotator._encoded(clip) as (_, _, features):
+        spoken = annotator._best_reading(heard, features, [], an.digit_alternatives(heard))
+    assert digits_of(spoken.words) == digits, spoken.text

@@ -20,6 +20,7 @@ import itertools
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -62,13 +63,13 @@ def split_span(start: float, end: float, words: list[str]) -> list[tuple[float, 
 class Annotator:
     """Whisper annotation for one language."""
 
-    def __init__(self, model, lang: str = "en", beam_size: int | None = None, prompt: str | None = None):
+    def __init__(self, model, lang: str = "en", beam_size: int | None = None):
         import whisper
 
         if lang != "en" and not model.is_multilingual:
             raise ValueError(f"this Whisper model is English-only and cannot annotate {lang!r} audio; "
                              "set data.whisper to a multilingual model (e.g. small or large-v3)")
-        self.model, self.lang, self.beam_size, self.prompt = model, lang, beam_size, prompt
+        self.model, self.lang, self.beam_size = model, lang, beam_size
         self.tokenizer = whisper.tokenizer.get_tokenizer(
             model.is_multilingual, num_languages=model.num_languages, language=lang, task="transcribe")
 
@@ -101,7 +102,7 @@ class Annotator:
         results = []
         for beam_size in dict.fromkeys([self.beam_size, 5]):
             options = whisper.DecodingOptions(language=self.lang, without_timestamps=True, fp16=False,
-                                              temperature=0.0, beam_size=beam_size, prompt=self.prompt)
+                                              temperature=0.0, beam_size=beam_size)
             result = whisper.decode(self.model, mel, options)
             if result.compression_ratio <= 2.4 and result.avg_logprob >= -1.0:
                 return result.text.strip()
@@ -173,7 +174,9 @@ class Annotator:
             if spoken is None:
                 if not (text or heard):
                     raise ValueError("Whisper heard no speech")
-                spoken = self._best_reading(text or clean_transcript(heard), features, warnings)
+                transcript = text or clean_transcript(heard)
+                alternatives = [] if text else digit_alternatives(transcript)
+                spoken = self._best_reading(transcript, features, warnings, alternatives)
                 if warnings:
                     flags.append("ambiguous reading: " + "; ".join(warnings))
             if known:
@@ -181,13 +184,15 @@ class Annotator:
             timings = self._align_encoded(mel, frames, spoken.words)
         return Annotation(spoken.words, refine(timings, audio16k), spoken, heard, flags, warnings)
 
-    def _best_reading(self, heard: str, features, warnings: list[str]) -> Spoken:
+    def _best_reading(self, heard: str, features, warnings: list[str], alternatives: Sequence[str] = ()) -> Spoken:
+        """The reading of `heard` (or of an alternative transcript) Whisper finds most likely."""
         candidates: dict[str, Spoken] = {}
         options = [("zero", "oh"), (False, True)] if self.lang == "en" else [("zero",), (False,)]
-        for k, (zero, doubles, small) in enumerate(itertools.product(*options, ("value", "digits"))):
+        for k, (text, zero, doubles, small) in enumerate(
+                itertools.product([heard, *alternatives], *options, ("value", "digits"))):
             # Every candidate meets the same ambiguities: report them once.
             reading = Reading(zero=zero, doubles=doubles, small=small)
-            spoken = normalize_text(heard, self.lang, reading, warnings if k == 0 else [])
+            spoken = normalize_text(text, self.lang, reading, warnings if k == 0 else [])
             candidates.setdefault(spoken.text, sentence_case(spoken))
         if warnings:  # the choice below is made by the audio, not by a default: say so
             warnings[:] = [w.rsplit("; read as", 1)[0] + "; took the reading Whisper finds most likely"
@@ -251,6 +256,23 @@ def clean_transcript(text: str) -> str:
         if _O_TOKEN.match(token) and any(re.search(r"\d", t) for t in near):
             tokens[i] = re.sub("O", "0", token)
     return " ".join(tokens)
+
+
+_MISHEARD_DIGITS = (
+    (re.compile(r"(?<!\d)00([1-9])"), r"\1\1"),  # "0078" for a spoken "double seven eight" ("double-oh")
+    (re.compile(r"(?<=\d)\.(?=\d)"), ""),  # "1.047" for "one oh four seven": a point nobody said
+)
+
+
+def digit_alternatives(text: str) -> list[str]:
+    """Other transcripts Whisper tiny.en often means when it writes these digit forms, for the
+    audio's likelihood to choose between (see `_best_reading`); empty where none applies."""
+    alternatives = []
+    for pattern, replacement in _MISHEARD_DIGITS:
+        alternative = pattern.sub(replacement, text)
+        if alternative != text:
+            alternatives.append(alternative)
+    return alternatives
 
 
 def agreement_flags(spoken: Spoken, heard: str, lang: str) -> list[str]:
