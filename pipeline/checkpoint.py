@@ -26,6 +26,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -121,15 +122,17 @@ def lm_config(preset: Preset, name: str, seed: int) -> dict:
     return cfg
 
 
+def legacy_name(key: str) -> str:
+    """A PyTorch attention key under its name in Kyutai's published files (others unchanged)."""
+    for new, old in LEGACY_ATTENTION_NAMES.items():
+        if key.endswith(new):
+            key = key[: -len(new)] + old
+    return key
+
+
 def to_legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename PyTorch attention keys to the names in Kyutai's published files."""
-    out = {}
-    for key, value in state.items():
-        for new, old in LEGACY_ATTENTION_NAMES.items():
-            if key.endswith(new):
-                key = key[: -len(new)] + old
-        out[key] = value
-    return out
+    return {legacy_name(key): value for key, value in state.items()}
 
 
 # --- text tokenizer -------------------------------------------------------------------------
@@ -324,16 +327,19 @@ def build_checkpoint(preset: Preset, name: str, out_dir: str | Path, seed: int =
     return out_dir
 
 
-def write_checkpoint(out_dir: Path, state: dict[str, torch.Tensor], config: dict, source: Path,
-                     lm_name: str = "model.safetensors") -> Path:
+def write_checkpoint(out_dir: Path, state: dict[str, torch.Tensor] | Callable[[Path], None], config: dict,
+                     source: Path, lm_name: str = "model.safetensors") -> Path:
     """A checkpoint directory holding `state` (PyTorch or legacy names: stored under the legacy
-    ones Kyutai's files use) and `config`, with the Mimi, its config and the tokenizer copied
-    from checkpoint `source`. Atomic."""
+    ones Kyutai's files use; or a function that writes the LM file at the path it is given) and
+    `config`, with the Mimi, its config and the tokenizer copied from checkpoint `source`. Atomic."""
     from .models import checkpoint_files
 
     files = checkpoint_files(Path(source))
     with atomic_dir(out_dir) as tmp:
-        save_file(to_legacy_names({k: v.contiguous() for k, v in state.items()}), str(tmp / lm_name))
+        if callable(state):
+            state(tmp / lm_name)
+        else:
+            save_file(to_legacy_names({k: v.contiguous() for k, v in state.items()}), str(tmp / lm_name))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for key in ("mimi", "tokenizer", "mimi_config"):
             if key in files:

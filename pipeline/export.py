@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .checkpoint import to_legacy_names
-from .io import atomic_dir, sha256_file
+from .checkpoint import legacy_name
+from .io import TORCH_DTYPES, atomic_dir, sha256_file, write_safetensors
 from .models import checkpoint_files
 
 MANIFEST = "manifest.json"
@@ -34,12 +33,18 @@ class ExportError(ValueError):
     """A checkpoint that cannot be exported, or an exported directory that was altered."""
 
 
-def _rust_tensors(path: Path, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), "pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("depformer_in.")}
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    return to_legacy_names(state)
+def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
+    """`src` under Kyutai's tensor names (floats cast to `dtype` unless None), tensor by tensor."""
+    with safe_open(str(src), "pt") as f:
+        specs = {}
+        for key in f.keys():
+            if not key.startswith("depformer_in."):
+                view = f.get_slice(key)
+                stored = TORCH_DTYPES[view.get_dtype()]
+                specs[key] = (dtype if dtype is not None and stored.is_floating_point else stored, view.get_shape())
+        keys = sorted(specs, key=lambda k: -specs[k][0].itemsize)  # keeps every tensor aligned
+        tensors = ((legacy_name(k), f.get_tensor(k).to(specs[k][0])) for k in keys)
+        write_safetensors(dst, {legacy_name(k): specs[k] for k in keys}, tensors)
 
 
 def server_config(out: Path, config: dict, batch_size: int = 64) -> str:
@@ -105,8 +110,8 @@ def export(src: Path, out: Path, batch_size: int = 64) -> Path:
     if config.get("dep_q", 0) != 0:
         raise ExportError(f"{files['config']}: dep_q = {config['dep_q']}; only STT checkpoints (dep_q = 0) export")
     with atomic_dir(out) as tmp:
-        save_file(_rust_tensors(files["lm"], torch.bfloat16), str(tmp / files["lm"].name))
-        save_file(_rust_tensors(files["mimi"], None), str(tmp / files["mimi"].name))
+        _write_rust_tensors(files["lm"], tmp / files["lm"].name, torch.bfloat16)
+        _write_rust_tensors(files["mimi"], tmp / files["mimi"].name, None)
         shutil.copyfile(files["tokenizer"], tmp / files["tokenizer"].name)
         if "mimi_config" in files:
             shutil.copyfile(files["mimi_config"], tmp / files["mimi_config"].name)

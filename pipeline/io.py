@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import torch
 
 
 def _umask() -> int:
@@ -65,3 +70,36 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
+TORCH_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors(path: str | Path, specs: Mapping[str, tuple[torch.dtype, Sequence[int]]],
+                      tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """A .safetensors file written one tensor at a time, so a checkpoint is never held whole in
+    memory (safetensors' own `save_file` needs every tensor at once, plus a copy of their bytes).
+    `specs` (name -> dtype, shape, in file order) makes the header; `tensors` then yields each
+    (name, tensor) in that order. A tensor that differs from its spec is an error naming it. Put
+    wider dtypes first, as safetensors does, so every tensor starts at a multiple of its width."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in specs.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
+    expected = iter(specs.items())
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)) + blob)
+        for name, tensor in tensors:
+            want = next(expected, None)
+            if want is None or want[0] != name or want[1][0] != tensor.dtype or tuple(want[1][1]) != tuple(tensor.shape):
+                raise ValueError(f"{path}: tensor {name} {tensor.dtype} {tuple(tensor.shape)} does not match the "
+                                 f"header's next entry {want}")
+            fh.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    if (left := next(expected, None)) is not None:
+        raise ValueError(f"{path}: no data for tensor {left[0]}")

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .checkpoint import LEGACY_ATTENTION_NAMES, write_checkpoint
+from .checkpoint import LEGACY_ATTENTION_NAMES, legacy_name, write_checkpoint
+from .io import TORCH_DTYPES, write_safetensors
 from .models import checkpoint_files
 
 LORA_KEYS = ("lora", "lora_rank", "lora_scaling", "lora_name")
@@ -70,16 +72,16 @@ def merge(base: Path, adapter: Path, out: Path, dtype: torch.dtype | None = None
     pairs = {k.removesuffix(".lora_A.weight") for k in lora if k.endswith(".lora_A.weight")}
     tables = {k: v for k, v in lora.items() if ".lora_" not in k}  # ft_embed: full replacements
     used: set[str] = set()
-    merged: dict[str, torch.Tensor] = {}
-    update_sq = kept_sq = error_sq = 0.0
-    with safe_open(str(files["lm"]), "pt") as f:
-        for key in tqdm(list(f.keys()), desc="merge", unit="tensor", leave=False):
+    sums = {"update": 0.0, "kept": 0.0, "error": 0.0}  # squared norms, summed over tensors
+
+    def merged_tensors(f, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        for key in tqdm(keys, desc="merge", unit="tensor", leave=False):
             stored = f.get_tensor(key)
             target = dtype if dtype is not None and stored.is_floating_point() else stored.dtype
             module = _module_of(key)
             if key in tables:
-                merged[key] = _replace_table(key, stored, tables[key]).to(target)
                 used.add(key)
+                yield legacy_name(key), _replace_table(key, stored, tables[key]).to(target)
             elif module in pairs:
                 a, b = lora[f"{module}.lora_A.weight"].float(), lora[f"{module}.lora_B.weight"].float()
                 if b.shape[0] != stored.shape[0] or a.shape[1] != stored.shape[1] or a.shape[0] != b.shape[1]:
@@ -92,22 +94,35 @@ def merge(base: Path, adapter: Path, out: Path, dtype: torch.dtype | None = None
                 rounded = update.add(stored).to(target)  # W + update in float32, rounded once
                 kept = rounded.float() - stored  # what of the update survives rounding (a new tensor:
                 # with dtype=float32, `rounded.float()` is `rounded` itself)
-                update_sq += _squared_norm(update)
-                kept_sq += _squared_norm(kept)
-                error_sq += _squared_norm(kept.sub_(update))  # bf16(W') - (W + update)
-                merged[key] = rounded
+                sums["update"] += _squared_norm(update)
+                sums["kept"] += _squared_norm(kept)
+                sums["error"] += _squared_norm(kept.sub_(update))  # bf16(W') - (W + update)
                 used.update({f"{module}.lora_A.weight", f"{module}.lora_B.weight"})
+                yield legacy_name(key), rounded
             else:
-                merged[key] = stored.to(target)
-    leftover = sorted(set(lora) - used)
-    if leftover:
-        raise MergeError(f"{adapter}: {len(leftover)} adapter tensors match nothing in {files['lm']} "
-                         f"(first: {leftover[0]}); was it trained on another base?")
+                yield legacy_name(key), stored.to(target)
+        leftover = sorted(set(lora) - used)
+        if leftover:
+            raise MergeError(f"{adapter}: {len(leftover)} adapter tensors match nothing in {files['lm']} "
+                             f"(first: {leftover[0]}); was it trained on another base?")
+
+    def write_lm(path: Path) -> None:
+        # Tensor by tensor: the merged model is never in memory whole.
+        with safe_open(str(files["lm"]), "pt") as f:
+            specs = {}
+            for key in f.keys():
+                view = f.get_slice(key)
+                stored_dtype = TORCH_DTYPES[view.get_dtype()]
+                target = dtype if dtype is not None and stored_dtype.is_floating_point else stored_dtype
+                specs[key] = (target, view.get_shape())
+            keys = sorted(specs, key=lambda k: -specs[k][0].itemsize)  # keeps every tensor aligned
+            write_safetensors(path, {legacy_name(k): specs[k] for k in keys}, merged_tensors(f, keys))
+
     config = {k: v for k, v in json.loads(files["config"].read_text()).items() if k not in LORA_KEYS}
-    write_checkpoint(Path(out), merged, config, Path(base), files["lm"].name)
-    norm = update_sq ** 0.5
-    return MergeReport(len(pairs), norm, (kept_sq ** 0.5) / norm if norm else 0.0,
-                       (error_sq ** 0.5) / norm if norm else 0.0)
+    write_checkpoint(Path(out), write_lm, config, Path(base), files["lm"].name)
+    norm = sums["update"] ** 0.5
+    return MergeReport(len(pairs), norm, (sums["kept"] ** 0.5) / norm if norm else 0.0,
+                       (sums["error"] ** 0.5) / norm if norm else 0.0)
 
 
 def _squared_norm(x: torch.Tensor) -> float:

@@ -48,3 +48,24 @@ def test_written_files_are_readable_by_others_as_the_umask_allows(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_write_safetensors_streams_tensors_that_safetensors_reads_back(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.io import write_safetensors
+
+    tensors = {"w": torch.randn(3, 5), "h": torch.randn(7).bfloat16(), "ids": torch.arange(4),
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3)}
+    specs = {k: (v.dtype, v.shape) for k, v in tensors.items()}
+    write_safetensors(tmp_path / "a.safetensors", specs, tensors.items())
+    back = load_file(str(tmp_path / "a.safetensors"))
+    assert set(back) == set(tensors)
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+
+    wrong = dict(tensors, h=torch.randn(7))  # float32 where the header says bf16
+    with pytest.raises(ValueError, match="tensor h"):
+        write_safetensors(tmp_path / "b.safetensors", specs, wrong.items())
+    with pytest.raises(ValueError, match="no data for tensor empty"):
+        write_safetensors(tmp_path / "c.safetensors", specs, list(tensors.items())[:-1])
