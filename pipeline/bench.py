@@ -141,12 +141,6 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
 
 # --- CPU: merge + export against a plain copy, Candle against PyTorch streaming ------------------
 
-def _child_peak_mib() -> int:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
-
-
 def _in_child(code: str) -> tuple[float, int]:
     """Wall time and peak RSS (MiB) of `code` run in a fresh Python (peak RAM of one job only)."""
     import subprocess

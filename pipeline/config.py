@@ -97,9 +97,7 @@ class DataConfig:
         if self.count < 0:
             raise ConfigError(f"data.count must be >= 0, got {self.count}")
         if self.eval_voices:
-            from .data.espeak import ENGLISH_VOICES, FRENCH_VOICES
-
-            from .data.espeak import VARIANTS
+            from .data.espeak import ENGLISH_VOICES, FRENCH_VOICES, VARIANTS
 
             known = ENGLISH_VOICES + FRENCH_VOICES + ["piper"] + [f"+{v}" for v in VARIANTS if v]
             unknown = sorted(set(self.eval_voices) - set(known))

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 
 from .checkpoint import legacy_name
-from .io import TORCH_DTYPES, atomic_dir, sha256_file, write_safetensors
+from .io import atomic_dir, cast_specs, sha256_file, write_safetensors
 from .models import checkpoint_files
 
 MANIFEST = "manifest.json"
@@ -36,15 +36,9 @@ class ExportError(ValueError):
 def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
     """`src` under Kyutai's tensor names (floats cast to `dtype` unless None), tensor by tensor."""
     with safe_open(str(src), "pt") as f:
-        specs = {}
-        for key in f.keys():
-            if not key.startswith("depformer_in."):
-                view = f.get_slice(key)
-                stored = TORCH_DTYPES[view.get_dtype()]
-                specs[key] = (dtype if dtype is not None and stored.is_floating_point else stored, view.get_shape())
-        keys = sorted(specs, key=lambda k: -specs[k][0].itemsize)  # keeps every tensor aligned
-        tensors = ((legacy_name(k), f.get_tensor(k).to(specs[k][0])) for k in keys)
-        write_safetensors(dst, {legacy_name(k): specs[k] for k in keys}, tensors)
+        specs = cast_specs(f, dtype, [k for k in f.keys() if not k.startswith("depformer_in.")])
+        tensors = ((legacy_name(k), f.get_tensor(k).to(want)) for k, (want, _) in specs.items())
+        write_safetensors(dst, {legacy_name(k): spec for k, spec in specs.items()}, tensors)
 
 
 def server_config(out: Path, config: dict, batch_size: int = 64) -> str:

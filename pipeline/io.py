@@ -78,6 +78,18 @@ SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16:
 TORCH_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 
 
+def cast_specs(f, dtype: torch.dtype | None, keys: Iterable[str] | None = None) -> dict[str, tuple[torch.dtype, list[int]]]:
+    """(dtype, shape) of tensors `keys` (default: all) of the open safetensors file `f`, floats
+    cast to `dtype` (None: as stored), widest dtype first so that every tensor stays aligned:
+    the specs `write_safetensors` needs for a converted copy."""
+    specs = {}
+    for key in f.keys() if keys is None else keys:
+        view = f.get_slice(key)
+        stored = TORCH_DTYPES[view.get_dtype()]
+        specs[key] = (dtype if dtype is not None and stored.is_floating_point else stored, view.get_shape())
+    return dict(sorted(specs.items(), key=lambda item: -item[1][0].itemsize))
+
+
 def write_safetensors(path: str | Path, specs: Mapping[str, tuple[torch.dtype, Sequence[int]]],
                       tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
     """A .safetensors file written one tensor at a time, so a checkpoint is never held whole in

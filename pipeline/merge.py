@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .checkpoint import LEGACY_ATTENTION_NAMES, legacy_name, write_checkpoint
-from .io import TORCH_DTYPES, write_safetensors
+from .io import cast_specs, write_safetensors
 from .models import checkpoint_files
 
 LORA_KEYS = ("lora", "lora_rank", "lora_scaling", "lora_name")
@@ -74,10 +74,9 @@ def merge(base: Path, adapter: Path, out: Path, dtype: torch.dtype | None = None
     used: set[str] = set()
     sums = {"update": 0.0, "kept": 0.0, "error": 0.0}  # squared norms, summed over tensors
 
-    def merged_tensors(f, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        for key in tqdm(keys, desc="merge", unit="tensor", leave=False):
+    def merged_tensors(f, specs: dict) -> Iterator[tuple[str, torch.Tensor]]:
+        for key, (target, _) in tqdm(specs.items(), desc="merge", unit="tensor", leave=False):
             stored = f.get_tensor(key)
-            target = dtype if dtype is not None and stored.is_floating_point() else stored.dtype
             module = _module_of(key)
             if key in tables:
                 used.add(key)
@@ -109,14 +108,8 @@ def merge(base: Path, adapter: Path, out: Path, dtype: torch.dtype | None = None
     def write_lm(path: Path) -> None:
         # Tensor by tensor: the merged model is never in memory whole.
         with safe_open(str(files["lm"]), "pt") as f:
-            specs = {}
-            for key in f.keys():
-                view = f.get_slice(key)
-                stored_dtype = TORCH_DTYPES[view.get_dtype()]
-                target = dtype if dtype is not None and stored_dtype.is_floating_point else stored_dtype
-                specs[key] = (target, view.get_shape())
-            keys = sorted(specs, key=lambda k: -specs[k][0].itemsize)  # keeps every tensor aligned
-            write_safetensors(path, {legacy_name(k): specs[k] for k in keys}, merged_tensors(f, keys))
+            specs = cast_specs(f, dtype)
+            write_safetensors(path, {legacy_name(k): spec for k, spec in specs.items()}, merged_tensors(f, specs))
 
     config = {k: v for k, v in json.loads(files["config"].read_text()).items() if k not in LORA_KEYS}
     write_checkpoint(Path(out), write_lm, config, Path(base), files["lm"].name)
