@@ -100,6 +100,8 @@ TEXTS = [
      "extension four two now", [("+1 555 123 4567 ext. 42", "phone")]),
     ("Code AB-45 and #77.", "Code A B four five and number seven seven.", [("AB-45", "code"), ("#77", "digits")]),
     ("My reference is LD S7O.", "My reference is LD S seven zero.", [("S7O", "code")]),
+    # Whisper hears "aisle ZY-3974" as one spelled code; up to six capitals are read letter by letter
+    ("It's an IELZY3974.", "It's an I E L Z Y three nine seven four.", [("IELZY3974", "code")]),
     ("The (555) 123-4567 line", "The five five five, one two three, four five six seven line",
      [("(555) 123-4567", "phone")]),
     ("Take 3.5 now", "Take three point five now", [("3.5", "decimal")]),

@@ -191,3 +191,54 @@ def test_whisper_00_for_double_is_settled_by_the_audio(annotator, said, reading,
     with annotator._encoded(clip) as (_, _, features):
         spoken = annotator._best_reading(heard, features, [], an.digit_alternatives(heard))
     assert digits_of(spoken.words) == digits, spoken.text
+
+
+def test_digit_edits_are_every_text_one_digit_away():
+    edits = an.digit_edits("Order 54.")
+    assert len(edits) == len(set(edits)) and "Order 54." not in edits
+    assert {"Order 4.", "Order 5."} <= set(edits)  # left out
+    assert {"Order 554.", "Order 544.", "Order 354.", "Order 574.", "Order 549."} <= set(edits)  # added
+    assert {"Order 14.", "Order 59."} <= set(edits)  # replaced
+    # 2 left out, 30 added (before each digit and after the last), 18 replaced; "554" and "544" come twice
+    assert len(edits) == 2 + 30 + 18 - 2
+    assert all(e.startswith("Order ") and e.endswith(".") for e in edits)
+    assert an.digit_edits("Hello.") == []
+
+
+def test_scores_in_one_batch_equal_scores_one_by_one(annotator):
+    said, clip, _ = _speak(PIPER, "Order 548 8855.")
+    wrong = [w.replace("four", "nine") for w in said.words]
+    texts = [said.words, wrong, ["Hi."]]
+    with annotator._encoded(clip) as (_, _, features):
+        together = annotator._score(features, texts, batch=2)
+        alone = [annotator._score(features, [words])[0] for words in texts]
+    assert np.allclose(together, alone, atol=1e-3), (together, alone)
+    assert together[0] > together[1] + 5  # the said text is far more likely than a wrong digit
+
+
+@pytest.mark.parametrize("said, heard", [
+    ("Hi, this is about order 548-8855.", "Hi, this is about order 548 88555."),  # one five too many
+    ("The location code is 956-680.", "The location code is 95680."),  # one six too few
+    ("Call 460 532 9680 after lunch.", "Call 460532680 after lunch."),  # a nine left out
+    ("The location code is 957433.", "The location code is 957403."),  # a three heard as zero
+])
+def test_digit_whisper_dropped_or_doubled_is_corrected_by_the_audio(annotator, said, heard):
+    _, clip, _ = _speak(PIPER, said)
+    with annotator._encoded(clip) as (_, _, features):
+        kept = annotator._best_reading(heard, features, [])
+        warnings: list[str] = []
+        corrected = annotator._best_reading(heard, features, warnings, edit_digits=True)
+    assert digits_of(kept.words) == digits_of(normalize_text(heard).words)
+    assert digits_of(corrected.words) == digits_of(normalize_text(said).words), corrected.text
+    assert len(warnings) == 1 and warnings[0].startswith("digits corrected by the audio"), warnings
+
+
+def test_right_digits_are_kept(annotator):
+    said = "Order 5364000, location 977345."
+    _, clip, _ = _speak(PIPER, said)
+    with annotator._encoded(clip) as (_, _, features):
+        warnings: list[str] = []
+        spoken = annotator._best_reading(said, features, warnings, edit_digits=True)
+    assert digits_of(spoken.words) == "5364000977345", spoken.text
+    assert warnings == []
+
