@@ -84,6 +84,7 @@ class Annotator:
             raise ValueError(f"this Whisper model is English-only and cannot annotate {lang!r} audio; "
                              "set data.whisper to a multilingual model (e.g. small or large-v3)")
         self.model, self.lang, self.beam_size = model, lang, beam_size
+        self._audio_kv: tuple[torch.Tensor, dict] | None = None  # (features, their cross-attention keys/values)
         self.tokenizer = whisper.tokenizer.get_tokenizer(
             model.is_multilingual, num_languages=model.num_languages, language=lang, task="transcribe")
 
@@ -107,6 +108,7 @@ class Annotator:
             yield mel, min(frames, int(len(clip) / WHISPER_RATE * 100) // 2 * 2), features
         finally:
             encoder.__dict__.pop("forward", None)
+            self._audio_kv = None
 
     def _transcribe_encoded(self, mel) -> str:
         """Greedy decoding; on a repetition loop or a very unsure result, beam search (as
@@ -152,16 +154,27 @@ class Annotator:
             raise RuntimeError(f"Whisper alignment lost words of {' '.join(words)!r}")
         return [(starts[i], ends[i]) for i in range(len(words))]
 
+    def _hidden(self, x: torch.Tensor, features) -> torch.Tensor:
+        """The decoder's last hidden states for token rows `x` (before the vocabulary projection).
+        The audio's keys and values in every cross-attention are the same for every text scored on
+        one clip: they are computed once per clip."""
+        decoder = self.model.decoder
+        with torch.no_grad():
+            if self._audio_kv is None or self._audio_kv[0] is not features:
+                kv = {}
+                for block in decoder.blocks:
+                    kv[block.cross_attn.key] = block.cross_attn.key(features)
+                    kv[block.cross_attn.value] = block.cross_attn.value(features)
+                self._audio_kv = (features, kv)
+            cache = {module: t.expand(len(x), -1, -1) for module, t in self._audio_kv[1].items()}
+            h = decoder.token_embedding(x) + decoder.positional_embedding[:x.shape[1]]
+            for block in decoder.blocks:
+                h = block(h, features, mask=decoder.mask, kv_cache=cache)
+            return decoder.ln(h)
+
     def _score(self, features, texts: list[list[str]], batch: int = 32) -> list[float]:
         """Whisper's total log-likelihood of each word list given the audio (teacher forcing)."""
-        decoder = self.model.decoder
-        # The audio's keys and values in every cross-attention are the same for all candidates:
-        # compute them once.
-        audio_kv = {}
-        with torch.no_grad():
-            for block in decoder.blocks:
-                audio_kv[block.cross_attn.key] = block.cross_attn.key(features)
-                audio_kv[block.cross_attn.value] = block.cross_attn.value(features)
+        vocabulary = self.model.decoder.token_embedding.weight
         start = len(self.tokenizer.sot_sequence_including_notimestamps)
         sequences = [self._sequence(words) for words in texts]
         # Candidates are mostly one text with a few words changed, and the projection onto the
@@ -175,7 +188,6 @@ class Annotator:
             chunk = sequences[first:first + batch]
             width = max(map(len, chunk))
             x = torch.tensor([s + [self.tokenizer.eot] * (width - len(s)) for s in chunk], device=features.device)
-            cache = {module: kv.expand(len(chunk), -1, -1) for module, kv in audio_kv.items()}
             # Position t predicts token t + 1: the text and end-of-text count, never the prompt or padding.
             begin = torch.tensor([start - 1 if first + i == 0 else max(start - 1, shared[first + i] - 1)
                                   for i in range(len(chunk))])[:, None]
@@ -183,10 +195,7 @@ class Annotator:
             position = torch.arange(width - 1)[None]
             needed = ((position >= begin) & (position < end)).to(x.device)
             with torch.no_grad():
-                h = decoder.token_embedding(x[:, :-1]) + decoder.positional_embedding[:width - 1]
-                for block in decoder.blocks:
-                    h = block(h, features, mask=decoder.mask, kv_cache=cache)
-                logp = (decoder.ln(h[needed]) @ decoder.token_embedding.weight.T).float().log_softmax(-1)
+                logp = (self._hidden(x[:, :-1], features)[needed] @ vocabulary.T).float().log_softmax(-1)
             picked = logp.gather(-1, x[:, 1:][needed][:, None])[:, 0].cpu()
             rows = needed.nonzero()[:, 0].cpu()
             if reference_cumulative is None:  # the first candidate's prediction log-probs, summed up to each position
@@ -262,7 +271,8 @@ class Annotator:
         likely in its place (one decoder pass): a cheap screen before the full scores."""
         own = self._sequence(reference.words)
         with torch.no_grad():
-            logp = self.model.decoder(torch.tensor([own[:-1]], device=features.device), features)[0].float().log_softmax(-1)
+            hidden = self._hidden(torch.tensor([own[:-1]], device=features.device), features)[0]
+            logp = (hidden @ self.model.decoder.token_embedding.weight.T).float().log_softmax(-1)
         gains = []
         for spoken, _, _ in candidates:
             tokens = self._sequence(spoken.words)

@@ -221,11 +221,13 @@ def verbalize(written: str, kind: str, lang: str = "en", reading: Reading = Read
 
 # --- free text (Whisper transcripts, users' transcripts) ----------------------------------------
 
+# A code in free text: AB45, AB-45, S7O (Whisper's O for zero); up to six capitals (ABCD45)
+_CODE = r"(?:[A-Za-z]{1,3}|[A-Z]{4,6})-?\d[\dO]*"
 _NUMBER = re.compile(
     r"#\s?\d+"                                                     # #1296803
     r"|\+\d{1,3}(?:[\s.\-]?\(?\d+\)?)+(?:\s*(?:ext\.?|x)\s*\d+)?"  # +1 555 123 4567 ext. 42
     r"|\(\d+\)\s?\d+(?:[\s.\-]\d+)*"                               # (555) 123-4567
-    r"|\b(?:[A-Za-z]{1,3}|[A-Z]{4,6})-?\d[\dO]*\b"                 # AB45, AB-45, S7O, ABCD45
+    rf"|\b{_CODE}\b"                                                # AB45
     r"|\b\d+(?:st|nd|rd|th|er|e|ème)\b"                            # 1st, 2e
     r"|(?<![^\W\d_])\d+(?:[.,]\d+)?(?:[\s.\-]\d+)*(?:\s*(?:ext\.?|x)\s*\d+)?(?![^\W\d_])"
 )  # the last: 1296803, 555-123-4567, 3.14 (never digits glued to letters: those are unreadable)
@@ -238,7 +240,7 @@ def classify(written: str, lang: str) -> tuple[str, bool]:
         return "digits", False
     if s.startswith(("+", "(")) or re.search(r"(ext\.?|x)\s*\d+$", s):
         return "phone", False
-    if re.fullmatch(r"(?:[A-Za-z]{1,3}|[A-Z]{4,6})-?\d[\dO]*", s):
+    if re.fullmatch(_CODE, s):
         return "code", False
     if re.fullmatch(r"\d+(st|nd|rd|th|er|e|ème)", s):
         return "ordinal", False
