@@ -83,11 +83,12 @@ def split_of(key: str, seed: int, eval_fraction: float) -> str:
 
 
 def ensure_tail(audio: np.ndarray, last_end: float, min_tail: float, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Pad with silence so at least `min_tail` seconds follow the last word."""
-    missing = last_end + min_tail - len(audio) / rate
+    """Pad with silence so at least `min_tail` seconds follow the last word, as stored: labels keep
+    1 ms (the end may round up by 0.5 ms) and the index 0.1 ms (the duration may round down)."""
+    missing = round(last_end, 3) + min_tail + 1e-4 - len(audio) / rate
     if missing <= 0:
         return audio
-    return np.concatenate([audio, np.zeros(int(np.ceil(missing * rate)) + 1, np.float32)])
+    return np.concatenate([audio, np.zeros(int(np.ceil(missing * rate)), np.float32)])
 
 
 # --- synthesized utterances -----------------------------------------------------------------------
