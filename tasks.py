@@ -215,15 +215,23 @@ def _model_dir_for(cfg, source):
 
 @task(name="eval", help={"candidate": "shortcut for --set eval.candidate=...: 'merged', 'export' or a checkpoint",
                          "data": "shortcut for --set eval.data=...: dataset folder, or audio files with .txt "
-                                 "transcripts", **HELP, **MODEL_HELP}, iterable=["set_"])
-def eval_(c, config=None, set_=None, model=None, candidate=None, data=None):
-    """A/B report of base vs fine-tuned: digit form, raw WER, premature VAD cut-offs (HTML + PNGs)."""
-    from pipeline.eval import evaluate, summary_table
+                                 "transcripts",
+                         "rescore": "score the saved report in DIR again (its traces, today's definitions) "
+                                    "into eval.out instead of streaming", **HELP, **MODEL_HELP}, iterable=["set_"])
+def eval_(c, config=None, set_=None, model=None, candidate=None, data=None, rescore=None):
+    """A/B report of base vs fine-tuned: digit form, raw WER, premature VAD cut-offs, end of turn (HTML + PNGs)."""
+    from pathlib import Path
+
+    from pipeline import eval as stage
 
     extra = ([f"eval.candidate={candidate}"] if candidate else []) + ([f"eval.data={data}"] if data else [])
     cfg = _config(config, list(set_ or []) + extra, model)
-    out = _run_stage(evaluate, cfg)
-    print(summary_table(out))
+    if rescore:
+        out = _run_stage(stage.rescore, Path(rescore), cfg.output_path(cfg.eval.out), stage.rules_of(cfg),
+                         cfg.eval.plots)
+    else:
+        out = _run_stage(stage.evaluate, cfg)
+    print(stage.summary_table(out))
     print(f"report: {out / 'index.html'}")
 
 

@@ -12,7 +12,8 @@ Definitions (the tests check each on hand-built cases):
 
 - Streaming. The clip is padded to whole 1920-sample frames and followed by `eval.flush_seconds`
   of silence (at least the text delay + 1 s) so the words written 0.5 s late come out. Step s
-  is the step a client reads after s / 12.5 s of audio; its `pause[:, k]` is head k.
+  is emitted once frame s's audio has arrived, at audio time (s + 1) / 12.5 s: that is when a
+  client reads its `pause[:, k]` (head k) and acts. Every time below is such an emission time.
 - Words. Kyutai's rule: tokens 0 and 3 are padding; a word ends when padding follows word
   tokens. Each group of tokens is decoded with the checkpoint's SentencePiece model and split
   on spaces (two words with no padding between them are two words). A word's time is its first
@@ -29,14 +30,16 @@ Definitions (the tests check each on hand-built cases):
   digits": one of those words contains a digit. "Exact in word form": they equal the reference
   words (same normalization). A limitation: if the model also drops the word just before a
   number, jiwer may put the digits on that word instead.
-- Premature cut-off. Inside the utterance = audio time in [first word's start, last word's end)
-  from the alignments: the speaker is still talking. No allowance for the 0.5 s text delay: a
-  client reads the head at the current step and acts then, whatever the text shows. Each onset
-  of a rule inside that interval is one cut-off (a rule already on when speech starts counts at
-  the first step); cut-offs inside a number span's [first word start, last word end) are also
-  counted separately, and a span is "cut" when the rule is on at any step inside it. A firing
-  during the last word of the utterance counts too (a trained head may fire 0.5 s after the
-  last word starts); the figures are therefore conservative.
+- Premature cut-off. The rule turns on (on at step s, off at step s - 1; off before the stream)
+  at an emission time after the first word has started and before the last word has started,
+  from the alignments: the speaker is still talking. Each such onset is one cut-off; those
+  inside a number span's [first word start, last word end) are also counted separately, and a
+  span is "cut" when one lies inside it. "Dictations cut off": utterances with a number span
+  and at least one premature cut-off. Not counted, each reported on its own row instead: a rule
+  already on when the first word starts ("on when speech starts": a client does not end a turn
+  before the user has spoken, so it arms only then), and a rule turning on during the last word
+  (the pause target itself asks for "pause" about the text delay after the last word starts).
+  No allowance for the 0.5 s text delay: a client acts on the head when it reads it.
 - Rules, both on head `eval.pause_head` (2 = "no new word within 2 s"): threshold (head >
   `eval.threshold`, default 0.5) and Unmute's (kyutai-labs/unmute `SpeechToText`): an EMA
   of the head with alpha = 1 - 2^(-0.08 / half_life) per step, starting at 1.0 and updated
@@ -44,18 +47,23 @@ Definitions (the tests check each on hand-built cases):
   default half-life is Unmute's 0.01 s (alpha = 0.996: almost no smoothing, so the rule
   differs from the threshold mainly by 0.6 and the warm-up); set e.g. 0.08 (alpha 0.5) to
   study a smoother client.
-- End-of-turn latency: the time of the first step at or after the last word's end at which the
-  rule fires, minus that end (at 80 ms resolution); None ("never") if it does not fire before
-  the stream ends, which bounds what can be measured by the clip's tail + flush_seconds.
+- End of turn: the latency is the first emission time at or after the last word's end at which
+  the rule is on, minus that end (at 80 ms resolution); None ("never") if it is not on before
+  the stream ends, which bounds what can be measured by the clip's tail + flush_seconds. A turn
+  end is detected when the latency is at most 2 s (`END_OF_TURN_WINDOW`); the median latency
+  is over the detected ones. The summary warns when the candidate detects fewer turn ends than
+  the base (share lower by more than 2 points) or later (median longer by more than 0.1 s): a
+  fine-tune that stops cutting callers off by never ending their turn is no fix.
 - Utterances without word timings (a folder of audio with `<name>.txt` transcripts): the speech
   interval is found by energy (`pipeline.data.audio.speech_bounds`), so cut-offs and latency
-  are measured against that; number spans (written numbers in the transcript, or runs of digit
+  are measured against that (its end stands for the last word's start and end); number spans (written numbers in the transcript, or runs of digit
   words) get digit/exact figures but no cut-off figures (`timed_spans` counts those that do).
 
 Public API: `evaluate(cfg, base=None, candidate=None, utterances=None) -> Path` (the report
-folder), `resolve_models(cfg)`, `summary_table(folder)`; the pure layer in
+folder), `rescore(folder, out, ...) -> Path` (a saved report scored again with these
+definitions, from its traces), `resolve_models(cfg)`, `summary_table(folder)`; the pure layer in
 `pipeline.evaluate.metrics` (`decode_words`, `span_hypotheses`, `error_counts`,
-`vad_metrics`, `score_utterance`, `summarize`, ...).
+`vad_metrics`, `score_utterance`, `summarize`, `end_of_turn_flags`, ...).
 """
 
 from __future__ import annotations
@@ -67,16 +75,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import Config
-from .evaluate.metrics import (HypWord, Reference, Rules, Span, decode_words, error_counts, score_utterance,
-                               span_hypotheses, summarize, vad_metrics)
+from .evaluate.metrics import (HypWord, Reference, Rules, Span, decode_words, end_of_turn_flags, error_counts,
+                               score_utterance, span_hypotheses, summarize, vad_metrics)
 from .evaluate.report import MODELS, format_summary, summary_table
 from .evaluate.sources import EvalError, as_references, load_references
 from .evaluate.stream import Runner, Streamed
 from .io import atomic_dir
 
-__all__ = ["EvalError", "HypWord", "Reference", "Rules", "Span", "Streamed", "decode_words", "error_counts",
-           "evaluate", "format_summary", "resolve_models", "rules_of", "score_utterance", "span_hypotheses",
-           "summarize", "summary_table", "vad_metrics"]
+__all__ = ["EvalError", "HypWord", "Reference", "Rules", "Span", "Streamed", "decode_words", "end_of_turn_flags",
+           "error_counts", "evaluate", "format_summary", "rescore", "resolve_models", "rules_of", "score_utterance",
+           "span_hypotheses", "summarize", "summary_table", "vad_metrics"]
 
 
 def rules_of(cfg: Config) -> Rules:
@@ -137,20 +145,57 @@ def evaluate(cfg: Config, base: Path | None = None, candidate: Path | None = Non
     rules = rules_of(cfg)
     runs = {"base": _stream_all(Path(base), refs, cfg, "base"),
             "candidate": _stream_all(Path(candidate), refs, cfg, "candidate")}
-    scores = {m: [score_utterance(r, [w.text for w in s.words], s.pause, rules) for r, s in zip(refs, runs[m])]
-              for m in MODELS}
-    summary = {m: summarize(scores[m]) for m in MODELS}
     from .evaluate.stream import text_delay
 
     meta = {"base": str(base), "candidate": str(candidate), "runtime": cfg.eval.runtime, "data": source,
             "split": cfg.eval.split, "delay": text_delay(Path(base)), "flush_seconds": cfg.eval.flush_seconds,
-            "rules": asdict(rules),
-            "smooth_alpha": 1.0 if rules.smooth_half_life <= 0 else 1 - 2 ** (-0.08 / rules.smooth_half_life),
-            "timings": dict(Counter(r.timing for r in refs)), "seconds": round(time.perf_counter() - start, 1),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "timings": dict(Counter(r.timing for r in refs)), "seconds": round(time.perf_counter() - start, 1)}
     out = cfg.output_path(cfg.eval.out)
+    _score_and_write(out, meta, refs, runs, rules, cfg.eval.plots)
+    return out
+
+
+def _score_and_write(out: Path, meta: dict, refs: Sequence[Reference], runs: dict[str, list[Streamed]],
+                     rules: Rules, plots: int) -> None:
     from .evaluate.report import write_report
 
+    scores = {m: [score_utterance(r, [w.text for w in s.words], s.pause, rules) for r, s in zip(refs, runs[m])]
+              for m in MODELS}
+    summary = {m: summarize(scores[m]) for m in MODELS}
+    meta = {**meta, "rules": asdict(rules),
+            "smooth_alpha": 1.0 if rules.smooth_half_life <= 0 else 1 - 2 ** (-0.08 / rules.smooth_half_life),
+            "flags": end_of_turn_flags(summary["base"], summary["candidate"]),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with atomic_dir(out) as tmp:
-        write_report(tmp, meta, refs, runs, scores, summary, rules, cfg.eval.plots)
+        write_report(tmp, meta, list(refs), runs, scores, summary, rules, plots)
+
+
+def rescore(folder: Path, out: Path, rules: Rules | None = None, plots: int = 12) -> Path:
+    """Score a saved report (`metrics.json` + `traces.npz`) again with the current definitions
+    and write a new report to `out`. The references are read again from the report's eval data
+    (a dataset folder), matched by utterance id; `rules` default to the report's own."""
+    import json
+
+    import numpy as np
+
+    folder, out = Path(folder), Path(out)
+    try:
+        saved = json.loads((folder / "metrics.json").read_text())
+        traces = np.load(folder / "traces.npz", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise EvalError(f"{folder}: not a readable eval report (metrics.json + traces.npz): {e}") from e
+    meta = saved["meta"]
+    by_id = {r.id: r for r in load_references(Path(meta["data"]), meta.get("split", "eval"), "en")}
+    missing = [u["id"] for u in saved["utterances"] if u["id"] not in by_id]
+    if missing:
+        raise EvalError(f"{folder}: utterance {missing[0]} is not in {meta['data']} any more; "
+                        "re-score against the dataset the report was made from")
+    refs = [by_id[u["id"]] for u in saved["utterances"]]
+    runs = {m: [Streamed(traces[f"{m}_{i}_tokens"], traces[f"{m}_{i}_pause"],
+                         [HypWord(w["text"], int(w["step"]), float(w["start"])) for w in u[m]["words"]])
+                for i, u in enumerate(saved["utterances"])] for m in MODELS}
+    rules = rules or Rules(**meta["rules"])
+    keep = {k: meta[k] for k in ("base", "candidate", "runtime", "data", "split", "delay", "flush_seconds",
+                                 "timings", "seconds") if k in meta}
+    _score_and_write(out, {**keep, "rescored_from": str(folder)}, refs, runs, rules, plots)
     return out

@@ -27,12 +27,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .config import Config, render_config
-from .labels import (EPAD, FRAME_RATE, IGNORE, PAD, PAUSE_HORIZONS, Word, build_text_stream, digit_form,
-                     frame_of, pause_targets, shift_inputs)
+from .labels import (EPAD, FRAME_RATE, IGNORE, PAD, PAUSE_HORIZONS, Word, digit_form, frame_of, shift_inputs,
+                     utterance_targets, window_piece)
 from .lora import apply_lora, lora_disabled, save_adapter
-
-MAX_HORIZON_FRAMES = round(max(PAUSE_HORIZONS) * FRAME_RATE)
-
 
 class TrainingError(RuntimeError):
     """Training cannot start or must stop; the message says why and what to do."""
@@ -71,8 +68,8 @@ MIN_PIECE = 12  # frames (~1 s): a window with less room left is closed rather t
 def pack_windows(lengths: Sequence[int], window: int, order: Sequence[int]) -> list[list[Segment]]:
     """Lay utterances end to end in `order` and cut the stream into windows of `window` frames.
 
-    An utterance that does not fit is cut; its continuation starts the next window, whose
-    first frames are masked (the words being written there started before the window). A
+    An utterance that does not fit is cut; its continuation starts the next window (where the
+    words whose audio started before the cut are masked, labels.window_piece). A
     window with under MIN_PIECE frames of room is closed instead, so padding stays below
     MIN_PIECE / window (3.2 % for 30 s windows)."""
     windows: list[list[Segment]] = []
@@ -126,6 +123,9 @@ def batch_stream(samples, window, batch_size, seed, rank=0, world=1, skip=0) -> 
 
 def make_batch(segments_per_window: list[list[Segment]], samples: Sequence[Sample], window: int,
                encode, text_start: int, audio_start: int, delay: float) -> Batch:
+    """Stack the windows' codes and targets. Each utterance's targets are computed over the whole
+    utterance (labels.utterance_targets) and then sliced (labels.window_piece), so a packed
+    neighbour never changes them and a cut keeps what the whole utterance defines."""
     n_q = samples[0].codes.shape[0]
     B = len(segments_per_window)
     codes = torch.full((B, 1 + n_q, window), IGNORE, dtype=torch.long)
@@ -134,27 +134,18 @@ def make_batch(segments_per_window: list[list[Segment]], samples: Sequence[Sampl
     number_mask = torch.zeros(B, window)
     real = 0
     for b, segments in enumerate(segments_per_window):
-        words, offset = [], 0
+        offset = 0
         for idx, first, n in segments:
             sample = samples[idx]
+            targets = utterance_targets(sample.words, encode, sample.frames, delay)
             codes[b, 1:, offset:offset + n] = sample.codes[:, first:first + n]
-            shift = (offset - first) / FRAME_RATE
-            lo, hi = first / FRAME_RATE, (first + n) / FRAME_RATE
-            words += [Word(w.text, w.start + shift, w.end + shift) for w in sample.words if lo <= w.start < hi]
-            for start, end in sample.numbers:
-                a, z = frame_of(start + shift), frame_of(end + delay + shift) + 1
-                number_mask[b, max(a, offset):min(z, offset + n)] = 1
-            known = n if first + n == sample.frames else max(0, n - MAX_HORIZON_FRAMES)
-            head_mask[b, offset:offset + known] = 1  # a cut piece cannot know its future words
+            codes[b, 0, offset:offset + n], pause[b, offset:offset + n] = window_piece(targets, first, n)
+            head_mask[b, offset:offset + n] = 1
+            for start, end in sample.numbers:  # utterance frames -> window frames
+                a, z = frame_of(start) - first, frame_of(end + delay) + 1 - first
+                number_mask[b, offset + max(a, 0):offset + min(z, n)] = 1
             offset += n
         real += offset
-        # A window that opens on an utterance's first frame knows its first targets (padding, as
-        # at the start of a live stream); one that opens mid-utterance does not: mask them.
-        starts_fresh = segments[0][1] == 0
-        stream = build_text_stream(words, encode, window, delay_seconds=delay, mask_first=0 if starts_fresh else None)
-        stream.tokens[offset:] = IGNORE
-        codes[b, 0] = stream.tokens
-        pause[b] = pause_targets(stream.word_frames, window)
     inputs = shift_inputs(codes, text_start, audio_start)
     return Batch(inputs, codes[:, 0].clone(), pause, head_mask, number_mask, real)
 

@@ -415,7 +415,7 @@ def test_unknown_token_is_left_out_of_the_text_stream(tmp_path):
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
     assert EPAD in sp.encode("日本") and EPAD not in sp.encode("order")
     words = [Word("order", 0.1, 0.4), Word("日本", 0.5, 0.8), Word("two", 0.9, 1.2)]
-    stream = build_text_stream(words, sp.encode, 40, mask_first=0)
+    stream = build_text_stream(words, sp.encode, 40)
     assert len(stream.word_frames) == 2
     assert {i for i, t in enumerate(stream.tokens.tolist()) if t == EPAD} == {f - 1 for f in stream.word_frames}
     assert unencodable([w.text for w in words], sp.encode) == ["日本"]

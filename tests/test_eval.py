@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.eval import (Reference, Rules, Span, decode_words, error_counts, score_utterance, span_hypotheses,
-                           summarize, vad_metrics)
-from pipeline.evaluate.metrics import fired_steps, normalize_reference, normalize_word, smoothed, unmute_rule
+from pipeline.eval import (Reference, Rules, Span, decode_words, end_of_turn_flags, error_counts, score_utterance,
+                           span_hypotheses, summarize, vad_metrics)
+from pipeline.evaluate.metrics import (Turn, fired_steps, normalize_reference, normalize_word, smoothed, step_times,
+                                       unmute_rule)
 from pipeline.evaluate.sources import EvalError, from_utterance, read_transcribed_folder, transcript_words
 
 PIECES = {10: "▁Hel", 11: "lo", 12: "▁12", 13: "▁nine", 14: "▁six"}
@@ -90,34 +91,69 @@ def test_reference_speech_interval_from_alignments():
     assert TIMED.span_interval(TIMED.spans[0]) == (0.96, 1.68)
 
 
+def test_steps_are_emitted_after_their_frame():
+    assert step_times(3).tolist() == pytest.approx([0.08, 0.16, 0.24])  # step s at (s + 1) / 12.5 s
+    assert TIMED.turn == Turn(0.40, 2.00, 2.40)
+
+
 def test_cutoff_inside_a_number_and_in_a_gap_and_latency_after_the_end():
-    # step 15 = 1.20 s: inside "one two"; steps 24-25 = 1.92-2.00 s: gap before "now" (still talking);
-    # steps 36.. = 2.88 s on: after the end of speech -> end of turn 0.48 s late.
-    fired = trace(15, range(24, 26), range(36, STEPS)) > 0.5
-    v = vad_metrics(fired, TIMED.speech, [TIMED.span_interval(TIMED.spans[0])])
-    assert v["cutoffs"] == pytest.approx([1.20, 1.92])
+    # step 15 -> 1.28 s: inside "one two"; steps 22-23 -> 1.84-1.92 s: the gap before "now" (still
+    # talking); steps 36.. -> 2.96 s on: after the end of speech -> end of turn 0.56 s late.
+    fired = trace(15, range(22, 24), range(36, STEPS)) > 0.5
+    v = vad_metrics(fired, TIMED.turn, [TIMED.span_interval(TIMED.spans[0])])
+    assert v["cutoffs"] == pytest.approx([1.28, 1.84])
     assert v["in_numbers"] == 1 and v["spans_cut"] == [True] and v["cut_off"] is True
-    assert v["latency"] == pytest.approx(0.48)
+    assert v["latency"] == pytest.approx(0.56) and v["detected"] is True
+    assert v["last_word"] == 0 and v["on_at_start"] is False
 
 
 def test_firing_only_after_the_end_is_no_cutoff():
-    v = vad_metrics(trace(range(36, STEPS)) > 0.5, TIMED.speech, [(0.96, 1.68)])
-    assert v == {"cut_off": False, "cutoffs": [], "in_numbers": 0, "spans_cut": [False], "latency": pytest.approx(0.48)}
+    v = vad_metrics(trace(range(36, STEPS)) > 0.5, TIMED.turn, [(0.96, 1.68)])
+    assert v == {"cut_off": False, "cutoffs": [], "in_numbers": 0, "spans_cut": [False], "last_word": 0,
+                 "on_at_start": False, "latency": pytest.approx(0.56), "detected": True}
 
 
-def test_interval_boundaries_and_never_ending():
-    # on at exactly the first word's start (step 5 = 0.40 s): premature; on at exactly the end
-    # (step 30 = 2.40 s): not premature, latency 0.
-    v = vad_metrics(trace(5, 30) > 0.5, TIMED.speech, [(0.96, 1.68)])
-    assert v["cutoffs"] == pytest.approx([0.40]) and v["in_numbers"] == 0 and v["latency"] == pytest.approx(0.0)
-    # on before speech and still on when it starts: one cut-off at the first step inside
-    v = vad_metrics(trace(range(0, 8)) > 0.5, TIMED.speech, [(0.96, 1.68)])
-    assert v["cutoffs"] == pytest.approx([0.40]) and v["latency"] is None
-    # a step at exactly a span's end is outside it
-    v = vad_metrics(trace(21) > 0.5, TIMED.speech, [(0.96, 1.68)])  # 21 / 12.5 = 1.68
-    assert v["cutoffs"] == pytest.approx([1.68]) and v["in_numbers"] == 0 and v["spans_cut"] == [False]
+def test_a_rule_already_on_when_speech_starts_is_no_cutoff_but_is_reported():
+    # On from the first step to step 6 (0.56 s): already on when "Call" starts at 0.40 s.
+    v = vad_metrics(trace(range(0, 7)) > 0.5, TIMED.turn, [(0.96, 1.68)])
+    assert v["cutoffs"] == [] and v["cut_off"] is False and v["on_at_start"] is True
+    assert v["latency"] is None and v["detected"] is False  # never on after the end: never ended
+    # Turning on exactly when the first word starts (step 4 -> 0.40 s) is not "after" it started.
+    assert vad_metrics(trace(4) > 0.5, TIMED.turn)["cutoffs"] == []
+    assert vad_metrics(trace(5) > 0.5, TIMED.turn)["cutoffs"] == pytest.approx([0.48])  # one step later
+
+
+def test_firing_during_the_last_word_is_its_own_row():
+    # Step 24 -> 2.00 s: the last word "now." has just started; step 28 -> 2.32 s: still in it.
+    for step in (24, 28):
+        v = vad_metrics(trace(step) > 0.5, TIMED.turn, [(0.96, 1.68)])
+        assert v["cutoffs"] == [] and v["last_word"] == 1 and v["latency"] is None
+    v = vad_metrics(trace(23) > 0.5, TIMED.turn)  # 1.92 s: before the last word starts
+    assert v["cutoffs"] == pytest.approx([1.92]) and v["last_word"] == 0
+    # On from the last word through its end: not premature, and the turn end is detected at once.
+    v = vad_metrics(trace(range(26, STEPS)) > 0.5, TIMED.turn)
+    assert v["last_word"] == 1 and v["latency"] == pytest.approx(0.0) and v["detected"] is True
+    # Turning on exactly at the last word's end (step 29 -> 2.40 s) is the end of turn, latency 0.
+    v = vad_metrics(trace(29) > 0.5, TIMED.turn)
+    assert v["last_word"] == 0 and v["latency"] == pytest.approx(0.0)
+
+
+def test_turn_end_detected_within_two_seconds():
+    long = np.zeros(80)
+    long[54] = 0.9  # emitted at 4.40 s = 2.00 s after the end: detected
+    v = vad_metrics(long > 0.5, TIMED.turn)
+    assert v["latency"] == pytest.approx(2.0) and v["detected"] is True
+    long[54], long[55] = 0.0, 0.9  # 4.48 s: 2.08 s after the end, measured but not detected
+    v = vad_metrics(long > 0.5, TIMED.turn)
+    assert v["latency"] == pytest.approx(2.08) and v["detected"] is False
+
+
+def test_without_timings_nothing_is_measured():
     none = vad_metrics(trace(15) > 0.5, None, [None])
     assert none["cut_off"] is None and none["latency"] is None and none["spans_cut"] == [None]
+    assert none["detected"] is None and none["last_word"] is None
+    energy = Reference("e", ["a", "b"], None, speech=(0.40, 2.40), timing="energy")
+    assert energy.turn == Turn(0.40, 2.40, 2.40)  # no last-word interval: premature up to the end
 
 
 def test_unmute_rule_ema_warmup_and_threshold():
@@ -174,10 +210,30 @@ def test_score_and_summary_of_base_writing_digits_vs_candidate_writing_words():
     assert (bt["dictations"], bt["dictations_cut"], bt["dictations_cut_share"]) == (1, 1, 1.0)  # plain one not counted
     assert ct["dictations_cut_share"] == 0.0
     assert (ct["cutoffs"], ct["utterances_cut"], ct["spans_cut_share"]) == (0, 0, 0.0)
-    assert bt["latency_median"] == pytest.approx((0.48 + 0.30) / 2) and bt["latency_max"] == pytest.approx(0.48)
-    assert ct["latency_median"] == pytest.approx((0.16 + 0.30) / 2) and ct["never_ended"] == 0
+    # end of turn: base 2.96 s and 1.68 s (0.56 and 0.38 s late), candidate 2.64 s (0.24 s)
+    assert bt["latency_median"] == pytest.approx((0.56 + 0.38) / 2) and bt["latency_max"] == pytest.approx(0.56)
+    assert ct["latency_median"] == pytest.approx((0.24 + 0.38) / 2) and ct["never_ended"] == 0
+    assert bt["turn_end_detected_share"] == ct["turn_end_detected_share"] == 1.0
+    assert end_of_turn_flags(b, c) == []  # the candidate ends turns sooner: no warning
+    assert "threshold: median end-of-turn latency rose from 0.31 s to 0.47 s" in end_of_turn_flags(c, b)
+
     assert c["vad"]["unmute"]["cutoffs"] == 0 and b["vad"]["unmute"]["cutoffs_in_numbers"] == 1
     json.dumps([b, c, base, cand])  # every figure is JSON-ready
+
+
+def test_end_of_turn_flags_at_their_edges():
+    def summary(share, median):
+        rule = {"turn_end_detected_share": share, "latency_median": median}
+        return {"vad": {"threshold": rule, "unmute": rule}}
+
+    base = summary(0.90, 0.50)
+    assert end_of_turn_flags(base, summary(0.88, 0.60)) == []  # exactly 2 points and 0.1 s worse: tolerated
+    flags = end_of_turn_flags(base, summary(0.87, 0.61))
+    assert flags == ["threshold: turn ends detected within 2 s fell from 90.0 % to 87.0 %",
+                     "threshold: median end-of-turn latency rose from 0.50 s to 0.61 s",
+                     "unmute: turn ends detected within 2 s fell from 90.0 % to 87.0 %",
+                     "unmute: median end-of-turn latency rose from 0.50 s to 0.61 s"]
+    assert end_of_turn_flags(base, summary(None, None)) == []  # nothing measured: nothing to compare
 
 
 def test_summary_of_nothing_is_none_not_a_crash():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.eval import Reference, Rules, Span, evaluate, score_utterance, summary_table
+from pipeline.eval import Reference, Rules, Span, evaluate, rescore, score_utterance, summary_table
 from pipeline.evaluate.metrics import HypWord
 from pipeline.evaluate.report import plot_utterance
 from pipeline.evaluate.stream import Streamed, with_flush
@@ -108,7 +108,15 @@ def test_report_on_the_tiny_default(tiny_ckpt, candidate, dataset, tmp_path):
 
     table = summary_table(out)
     assert table.splitlines()[0].split() == ["metric", "base", "candidate"]
-    assert "spans written with digits" in table and "end-of-turn latency" in table
+    for row in ("spans written with digits", "premature cut-offs", "fired during the last word",
+                "turn end detected within 2 s", "end-of-turn latency, median (detected)"):
+        assert row in table, row
+
+    # Re-scoring a saved report from its traces alone reproduces every figure (same definitions).
+    again = rescore(out, tmp_path / "again")
+    redone = json.loads((again / "metrics.json").read_text())
+    assert redone["summary"] == data["summary"] and redone["meta"]["rescored_from"] == str(out)
+    assert [u["base"]["vad"] for u in redone["utterances"]] == [u["base"]["vad"] for u in data["utterances"]]
 
 
 def test_torch_runtime_limit_and_given_utterances(tiny_ckpt, tmp_path):
@@ -187,8 +195,14 @@ def test_invoke_eval_prints_the_summary_and_the_report(tiny_ckpt, candidate, dat
     result = invoke("eval", "--model", str(tiny_ckpt), "--candidate", str(candidate), "--data", str(dataset),
                     "--set", f"artifacts={tmp_path}", "--set", "eval.plots=1")
     assert result.returncode == 0, result.stderr
-    assert "spans written with digits" in result.stdout
+    assert "spans written with digits" in result.stdout and "turn end detected within 2 s" in result.stdout
     assert f"report: {tmp_path / 'eval' / 'index.html'}" in result.stdout
+    rescored = invoke("eval", "--rescore", str(tmp_path / "eval"), "--set", f"artifacts={tmp_path}",
+                      "--set", "eval.out=rescored", "--set", "eval.plots=0")
+    assert rescored.returncode == 0, rescored.stderr
+    assert rescored.stdout.splitlines()[:20] == result.stdout.splitlines()[:20]  # same table, from the traces
+    bad = invoke("eval", "--rescore", str(tmp_path / "nowhere"), "--set", f"artifacts={tmp_path}")
+    assert bad.returncode == 2 and "not a readable eval report" in bad.stderr
     missing = invoke("eval", "--model", str(tiny_ckpt), "--data", str(dataset), "--set", f"artifacts={tmp_path}")
     assert missing.returncode == 2 and "invoke merge" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

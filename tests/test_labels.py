@@ -12,7 +12,7 @@ def encode(word):
     return VOCAB[word]
 
 
-def expected(num_frames, placed, masked=6):
+def expected(num_frames, placed, masked=0):
     out = [PAD] * num_frames
     for frame, token in placed.items():
         out[frame] = token
@@ -31,9 +31,9 @@ def test_frame_rounding_follows_moshi():
     assert frame_of(0.079) == 0 and frame_of(0.08) == 1 and frame_of(1.5) == 18
 
 
-def test_first_delay_frames_are_masked_even_with_a_word_there():
+def test_a_word_at_the_very_start_is_written_after_padding_as_in_a_live_stream():
     stream = build_text_stream([Word("one", 0.0, 0.3)], encode, 12)
-    assert stream.tokens.tolist() == expected(12, {6: 12})  # its EPAD at frame 5 is masked
+    assert stream.tokens.tolist() == expected(12, {5: EPAD, 6: 12})  # frames 0-4: padding, nothing heard yet
 
 
 def test_word_arriving_while_previous_is_still_written_waits():
@@ -76,6 +76,16 @@ def test_pause_targets_follow_kyutais_definition():
     assert int(two[14]) == 1 and int(two[15]) == 0  # 2 s = 25 frames: (15, 40] holds frame 40
     assert int(three[2]) == 0 and half[41:].eq(1).all() and three[41:].eq(1).all()
     assert targets.shape == (60, 4)
+
+
+def test_horizons_cover_the_frames_strictly_within_n_seconds():
+    from pipeline.labels import HORIZON_FRAMES
+
+    assert HORIZON_FRAMES == (6, 12, 25, 37)  # floor(N * 12.5): 3 s = 37.5 frames -> t+1 ... t+37
+    three = pause_targets([40], 60)[:, 3]
+    assert int(three[2]) == 1 and int(three[3]) == 0  # frame 40 is 38 frames (3.04 s) after frame 2
+    one = pause_targets([40], 60)[:, 1]
+    assert int(one[27]) == 1 and int(one[28]) == 0  # 12 frames (0.96 s) still within 1 s, 13 not
 
 
 def test_inputs_are_shifted_one_frame_with_start_tokens():

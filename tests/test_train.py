@@ -54,7 +54,7 @@ def test_packing_keeps_every_frame_with_little_padding():
     assert sum(n for w in windows for _, _, n in w) == sum(lengths)
     fills = [sum(n for _, _, n in w) for w in windows]
     assert all(f <= 375 for f in fills) and all(375 - f < tr.MIN_PIECE for f in fills[:-1])
-    for w in windows:  # a continued utterance always starts its window (its first frames are masked)
+    for w in windows:  # a continued utterance always starts its window
         assert all(first == 0 for _, first, _ in w[1:])
     pieces = [(first, n) for w in windows for idx, first, n in w if idx == 3]
     assert [p[0] for p in pieces] == sorted(p[0] for p in pieces) and sum(n for _, n in pieces) == 800
@@ -79,7 +79,9 @@ def test_batch_targets_line_up_with_the_audio(samples, tiny_ckpt):
     assert (batch.text[0, n0 + n1:] == -1).all()
     assert (batch.text[0, :3] == 3).all()  # a window opening on an utterance's start: padding, as live
     cut = tr.make_batch([[(0, 5, n0 - 5)]], samples, n0, tok.encode, 1000, 64, delay=0.5)
-    assert (cut.text[0, :6] == -1).all()  # opening mid-utterance: unknown, masked
+    kept = cut.text[0, :n0 - 5] != -1  # opening mid-utterance: the whole utterance's targets, sliced
+    assert torch.equal(cut.text[0, :n0 - 5][kept], batch.text[0, 5:n0][kept]) and kept[-10:].all()
+    assert torch.equal(cut.pause[0, :n0 - 5], batch.pause[0, 5:n0])
     assert batch.head_mask[0].sum() == n0 + n1 and batch.real_frames == n0 + n1
     assert batch.number_mask[0].sum() > 0
     written = [t for t in batch.text[0].tolist() if t > 3]

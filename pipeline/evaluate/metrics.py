@@ -13,11 +13,23 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..labels import FRAME_RATE
+from ..labels import FRAME_RATE, emission_time
 
 PADDING = (0, 3)  # Kyutai's end-of-padding and padding text tokens
 RULES = ("threshold", "unmute")
+END_OF_TURN_WINDOW = 2.0  # s after the last word's end within which an end of turn counts as detected
+EPS = 1e-9
 _EDGE_PUNCT = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """When the speaker talks, in audio seconds: the first word's start, the last word's start
+    and the last word's end."""
+
+    first_start: float
+    last_start: float
+    last_end: float
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,16 @@ class Reference:
     def __post_init__(self) -> None:
         if self.times is not None and self.speech is None and self.times:
             self.speech = (min(t[0] for t in self.times), max(t[1] for t in self.times))
+
+    @property
+    def turn(self) -> Turn | None:
+        """The turn from the word timings; from energy bounds only its start and end are known,
+        so the last word is taken to start where the speech ends (no "last word" interval)."""
+        if self.times:
+            return Turn(min(t[0] for t in self.times), max(t[0] for t in self.times), max(t[1] for t in self.times))
+        if self.speech is not None:
+            return Turn(self.speech[0], self.speech[1], self.speech[1])
+        return None
 
     def span_interval(self, span: Span) -> tuple[float, float] | None:
         if self.times is None:
@@ -178,8 +200,8 @@ def error_counts(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[str]]) -
 # --- pause heads ----------------------------------------------------------------------------------
 
 def step_times(steps: int) -> np.ndarray:
-    """Audio time of each step: step s reads the head after s / 12.5 s of audio."""
-    return np.arange(steps) / FRAME_RATE
+    """Audio time at which each step is emitted: step s after frame s's audio, (s + 1) / 12.5 s."""
+    return emission_time(np.arange(steps))
 
 
 def threshold_rule(trace: np.ndarray, threshold: float) -> np.ndarray:
@@ -211,32 +233,41 @@ def fired_steps(pause: np.ndarray, rules: Rules) -> dict[str, tuple[np.ndarray, 
     return {"threshold": (threshold_rule(trace, rules.threshold), trace), "unmute": (fired, ema)}
 
 
-def _inside(t: np.ndarray, interval: tuple[float, float]) -> np.ndarray:
-    return (t >= interval[0] - 1e-9) & (t < interval[1] - 1e-9)
+def _in(t: float, interval: tuple[float, float]) -> bool:
+    return interval[0] - EPS <= t < interval[1] - EPS
 
 
-def vad_metrics(fired: np.ndarray, speech: tuple[float, float] | None,
+def vad_metrics(fired: np.ndarray, turn: Turn | None,
                 numbers: Sequence[tuple[float, float] | None] = ()) -> dict:
-    """Premature cut-offs and end-of-turn latency of one rule on one utterance.
+    """Cut-offs and end of turn of one rule on one utterance (definitions in `pipeline.eval`).
 
-    cutoffs: times of the steps where the rule turns on (or is on at the first step) inside
-    [speech start, speech end); in_numbers: those inside a number span's [start, end);
-    spans_cut: per span, whether the rule is on at any step inside it (None: no timings);
-    latency: time of the first firing step at or after speech end, minus that end (None: never).
+    Times are emission times ((s + 1) / 12.5 s). An onset is a step where the rule is on and was
+    off at the step before (off before the stream starts).
+    cutoffs: onsets after the first word has started and before the last word has started;
+    in_numbers: those inside a number span's [start, end); spans_cut: per span, whether one of
+    them lies inside it (None: no timings); last_word: onsets during the last word [start, end);
+    on_at_start: the rule is on at the first step after the first word has started (a client
+    that arms on speech would end the turn there); latency: the first step at or after the last
+    word's end at which the rule is on, minus that end (None: never in the stream);
+    detected: latency at most END_OF_TURN_WINDOW.
     """
     fired = np.asarray(fired, dtype=bool)
     t = step_times(len(fired))
-    if speech is None:
-        return {"cut_off": None, "cutoffs": [], "in_numbers": 0, "spans_cut": [None] * len(numbers), "latency": None}
-    inside = fired & _inside(t, speech)
-    onset = inside & ~np.concatenate([[False], inside[:-1]])
-    onsets = [float(x) for x in t[onset]]
-    in_numbers = sum(any(n is not None and n[0] - 1e-9 <= x < n[1] - 1e-9 for n in numbers) for x in onsets)
-    spans_cut = [None if n is None else bool((fired & _inside(t, n)).any()) for n in numbers]
-    after = np.nonzero(fired & (t >= speech[1] - 1e-9))[0]
-    latency = float(t[after[0]] - speech[1]) if len(after) else None
-    return {"cut_off": bool(onsets), "cutoffs": onsets, "in_numbers": int(in_numbers), "spans_cut": spans_cut,
-            "latency": latency}
+    if turn is None:
+        return {"cut_off": None, "cutoffs": [], "in_numbers": 0, "spans_cut": [None] * len(numbers),
+                "last_word": None, "on_at_start": None, "latency": None, "detected": None}
+    onsets = [float(x) for x in t[fired & ~np.concatenate([[False], fired[:-1]])]]
+    premature = [x for x in onsets if turn.first_start + EPS < x < turn.last_start - EPS]
+    spans_cut = [None if n is None else any(_in(x, n) for x in premature) for n in numbers]
+    after_start = np.nonzero(t > turn.first_start + EPS)[0]
+    after_end = np.nonzero(fired & (t >= turn.last_end - EPS))[0]
+    latency = float(t[after_end[0]] - turn.last_end) if len(after_end) else None
+    return {"cut_off": bool(premature), "cutoffs": premature,
+            "in_numbers": sum(any(n is not None and _in(x, n) for n in numbers) for x in premature),
+            "spans_cut": spans_cut,
+            "last_word": sum(_in(x, (turn.last_start, turn.last_end)) for x in onsets),
+            "on_at_start": bool(len(after_start) and fired[after_start[0]]),
+            "latency": latency, "detected": latency is not None and latency <= END_OF_TURN_WINDOW + EPS}
 
 
 # --- one utterance, then the whole set ----------------------------------------------------------
@@ -247,7 +278,7 @@ def score_utterance(ref: Reference, hyp_words: Sequence[str], pause: np.ndarray,
     hyp_norm = normalize_words(hyp_words)
     span_hyps = span_hypotheses(ref_norm, hyp_norm, spans)
     numbers = [ref.span_interval(s) for s in ref.spans]
-    vad = {name: vad_metrics(fired, ref.speech, numbers) for name, (fired, _) in fired_steps(pause, rules).items()}
+    vad = {name: vad_metrics(fired, ref.turn, numbers) for name, (fired, _) in fired_steps(pause, rules).items()}
     span_rows = []
     for i, (span, norm, hyp) in enumerate(zip(ref.spans, spans, span_hyps)):
         words = ref_norm[norm[0]:norm[1] + 1] if norm else []
@@ -270,8 +301,9 @@ def _rule_summary(scores: Sequence[dict], name: str) -> dict:
     measured = [s for s in scores if s["speech"] is not None]
     cuts = [s["vad"][name] for s in measured]
     spans = [sp["cut"][name] for s in scores for sp in s["spans"] if sp["cut"][name] is not None]
-    latencies = [c["latency"] for c in cuts if c["latency"] is not None]
+    detected = [c["latency"] for c in cuts if c["detected"]]
     dictations = [s["vad"][name]["cut_off"] for s in measured if s["spans"]]
+    last_word = [c["last_word"] > 0 for c in cuts]
     return {
         "utterances": len(measured),
         "utterances_cut": sum(c["cut_off"] for c in cuts),
@@ -284,11 +316,17 @@ def _rule_summary(scores: Sequence[dict], name: str) -> dict:
         "timed_spans": len(spans),
         "spans_cut": sum(spans),
         "spans_cut_share": _share(sum(spans), len(spans)),
-        "latency_median": statistics.median(latencies) if latencies else None,
-        "latency_mean": statistics.fmean(latencies) if latencies else None,
-        "latency_max": max(latencies) if latencies else None,
-        "ended": len(latencies),
-        "never_ended": len(cuts) - len(latencies),
+        "last_word_fired": sum(last_word),
+        "last_word_fired_share": _share(sum(last_word), len(cuts)),
+        "on_at_start": sum(c["on_at_start"] for c in cuts),
+        "on_at_start_share": _share(sum(c["on_at_start"] for c in cuts), len(cuts)),
+        "turn_end_detected": len(detected),
+        "turn_end_detected_share": _share(len(detected), len(cuts)),
+        "latency_median": statistics.median(detected) if detected else None,  # of the detected turn ends
+        "latency_mean": statistics.fmean(detected) if detected else None,
+        "latency_max": max(detected) if detected else None,
+        "ended": sum(c["latency"] is not None for c in cuts),  # on after the last word, in the stream
+        "never_ended": sum(c["latency"] is None for c in cuts),
     }
 
 
@@ -311,3 +349,25 @@ def summarize(scores: Sequence[dict]) -> dict:
                 "other": error_counts([s["ref_words"] for s in other], [s["hyp_words"] for s in other])},
         "vad": {name: _rule_summary(scores, name) for name in RULES},
     }
+
+
+# Thresholds of the end-of-turn regression flag: a candidate that ends turns less often or later
+# than the base trades one failure (cutting callers off) for another (never answering).
+WORSE_SHARE = 0.02
+WORSE_LATENCY = 0.1
+
+
+def end_of_turn_flags(base: dict, candidate: dict) -> list[str]:
+    """One line per rule where the candidate's end-of-turn detection is worse than the base's:
+    detected share lower by more than 2 points, or median latency longer by more than 0.1 s."""
+    flags = []
+    for name in RULES:
+        b, c = base["vad"][name], candidate["vad"][name]
+        bs, cs = b["turn_end_detected_share"], c["turn_end_detected_share"]
+        if bs is not None and cs is not None and cs < bs - WORSE_SHARE - EPS:
+            flags.append(f"{name}: turn ends detected within {END_OF_TURN_WINDOW:g} s fell from "
+                         f"{100 * bs:.1f} % to {100 * cs:.1f} %")
+        bl, cl = b["latency_median"], c["latency_median"]
+        if bl is not None and cl is not None and cl > bl + WORSE_LATENCY + EPS:
+            flags.append(f"{name}: median end-of-turn latency rose from {bl:.2f} s to {cl:.2f} s")
+    return flags

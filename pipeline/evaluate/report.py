@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ..labels import FRAME_RATE, PAUSE_HORIZONS
-from .metrics import RULES, Reference, Rules, has_digit, step_times
+from .metrics import END_OF_TURN_WINDOW, RULES, Reference, Rules, end_of_turn_flags, has_digit, step_times
 from .stream import Streamed
 
 MODELS = ("base", "candidate")
@@ -53,21 +53,28 @@ def summary_rows(summary: dict, rules: dict) -> list[tuple[str, ...]]:
     ]
     for name in RULES:
         rows += [
-            row(f"cut-offs, {rule_label(name, rules)}", lambda s, n=name: str(s["vad"][n]["cutoffs"])),
+            row(f"premature cut-offs, {rule_label(name, rules)}", lambda s, n=name: str(s["vad"][n]["cutoffs"])),
             row("  inside number spans", lambda s, n=name: str(s["vad"][n]["cutoffs_in_numbers"])),
             row("  utterances cut off", lambda s, n=name: _pct(s["vad"][n]["utterances_cut_share"])),
-            row("  dictations cut off", lambda s, n=name: _pct(s["vad"][n].get("dictations_cut_share"))),
+            row("  dictations cut off", lambda s, n=name: _pct(s["vad"][n]["dictations_cut_share"])),
             row("  number spans cut", lambda s, n=name: _pct(s["vad"][n]["spans_cut_share"])),
-            row("  end-of-turn latency, median", lambda s, n=name: _sec(s["vad"][n]["latency_median"])),
+            row("  fired during the last word", lambda s, n=name: _pct(s["vad"][n]["last_word_fired_share"])),
+            row("  on when speech starts", lambda s, n=name: _pct(s["vad"][n]["on_at_start_share"])),
+            row(f"  turn end detected within {END_OF_TURN_WINDOW:g} s",
+                lambda s, n=name: _pct(s["vad"][n]["turn_end_detected_share"])),
+            row("  end-of-turn latency, median (detected)", lambda s, n=name: _sec(s["vad"][n]["latency_median"])),
             row("  never ended (in the stream)", lambda s, n=name: str(s["vad"][n]["never_ended"])),
         ]
     return rows
 
 
 def format_summary(summary: dict, rules: dict) -> str:
+    """The table, then one warning line per end-of-turn regression of the candidate."""
     rows = [("metric", *MODELS)] + summary_rows(summary, rules)
     width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{r[0]:<{width}}  {r[1]:>12}  {r[2]:>12}" for r in rows)
+    lines = [f"{r[0]:<{width}}  {r[1]:>12}  {r[2]:>12}" for r in rows]
+    lines += [f"warning: end of turn worse than the base: {flag}" for flag in end_of_turn_flags(*(summary[m] for m in MODELS))]
+    return "\n".join(lines)
 
 
 def summary_table(folder: str | Path) -> str:
@@ -94,6 +101,11 @@ def _panel_title(label: str, score: dict) -> str:
         parts.append(f"digits in {sum(s['digits'] for s in spans)}/{len(spans)} spans, "
                      f"exact {sum(s['exact'] for s in spans)}/{len(spans)}")
     return f"{label}: " + "; ".join(parts)
+
+
+def _at(trace: np.ndarray, seconds: float) -> float:
+    """The trace's value at the step emitted at `seconds` (step_times' inverse)."""
+    return float(trace[min(max(int(round(seconds * FRAME_RATE)) - 1, 0), len(trace) - 1)])
 
 
 def plot_utterance(path: Path, ref: Reference, runs: dict[str, Streamed], scores: dict[str, dict], rules: Rules,
@@ -135,15 +147,15 @@ def plot_utterance(path: Path, ref: Reference, runs: dict[str, Streamed], scores
             ax.plot(t, smoothed(trace, rules.smooth_half_life, rules.smooth_warmup), color=PURPLE, lw=1.2, ls="-.")
         v = score["vad"]
         for x in v["threshold"]["cutoffs"]:
-            ax.plot(x, trace[int(round(x * FRAME_RATE))], "x", color=RED, ms=11, mew=2.5)
+            ax.plot(x, _at(trace, x), "x", color=RED, ms=11, mew=2.5)
         for x in v["unmute"]["cutoffs"]:
-            ax.plot(x, min(trace[int(round(x * FRAME_RATE))] + 0.08, 1.0), "+", color=PURPLE, ms=11, mew=2)
+            ax.plot(x, min(_at(trace, x) + 0.08, 1.0), "+", color=PURPLE, ms=11, mew=2)
         if ref.speech:
             ax.axvline(ref.speech[1], color="black", lw=1.2)
             if v["threshold"]["latency"] is not None:
                 x = ref.speech[1] + v["threshold"]["latency"]
-                ax.plot(x, trace[int(round(x * FRAME_RATE))], "v", color=GREEN, ms=9)
-                ax.annotate(f"+{v['threshold']['latency']:.2f} s", (x, trace[int(round(x * FRAME_RATE))]),
+                ax.plot(x, _at(trace, x), "v", color=GREEN, ms=9)
+                ax.annotate(f"+{v['threshold']['latency']:.2f} s", (x, _at(trace, x)),
                             xytext=(6, 6), textcoords="offset points", color=GREEN, fontsize=9)
         free = [-1e9, -1e9]  # where each of the two label rows is free again (seconds)
         per_char = end_time / 1900  # about 7 px per character of an 8 pt label over ~1300 px
@@ -193,6 +205,9 @@ def plot_summary(path: Path, summary: dict, rules: dict) -> None:
                      ("other", lambda s: s["wer"]["other"]["wer"])], 100),
         ("Utterances cut off (%)", [(rule_label(n, rules).replace("Unmute rule: ", "Unmute "),
                                      lambda s, n=n: s["vad"][n]["utterances_cut_share"]) for n in RULES], 100),
+        (f"Turn end detected within {END_OF_TURN_WINDOW:g} s (%)",
+         [(rule_label(n, rules).replace("Unmute rule: ", "Unmute "),
+           lambda s, n=n: s["vad"][n]["turn_end_detected_share"]) for n in RULES], 100),
         ("End-of-turn latency, median (s)", [(rule_label(n, rules).replace("Unmute rule: ", "Unmute "),
                                               lambda s, n=n: s["vad"][n]["latency_median"]) for n in RULES], 1),
     ]
@@ -241,14 +256,20 @@ word edges and <b>no number normalization</b>: a normalizer such as Whisper's En
 <li><b>Number spans.</b> The hypothesis words of a span are those jiwer aligns to its reference words, plus
 words inserted inside it and digit-bearing words inserted right at its edges. "With digits": one of them
 contains a digit. "Exact": they equal the reference words.</li>
-<li><b>Premature cut-off.</b> The rule fires at a step whose audio time (step / 12.5 s, when clients read the
-head) lies in [first word start, last word end): the speaker is still talking. Counted once per onset;
-inside number spans separately ([first digit word start, last digit word end)). No allowance for the 0.5 s
-text delay: a client acts on the head when it reads it.</li>
+<li><b>Times.</b> Step s is emitted once frame s's audio has arrived: at (s + 1) / 12.5 s of audio, when a
+client reads the head and acts. No allowance for the 0.5 s text delay.</li>
+<li><b>Premature cut-off.</b> The rule turns on (on at this step, off at the one before) after the first word
+has started and before the last word has started: the speaker is still talking. Counted once per onset;
+inside number spans separately ([first digit word start, last digit word end)); a span is cut when one
+lies inside it. A rule already on when the first word starts is not a cut-off (a client does not end a
+turn before the user has spoken) and is shown on its own row; so is a rule turning on during the last
+word, which the pause target itself asks for about 0.5 s after the last word starts.</li>
 <li><b>Rules.</b> Threshold: the pause head above the threshold. Unmute rule: as Kyutai's Unmute, an EMA of
 the head (initial 1.0, the first steps ignored), end of turn when above its threshold.</li>
-<li><b>End-of-turn latency.</b> First step at or after the last word's end at which the rule fires, minus that
-end; "never" if it does not fire before the stream ends (clip tail plus the appended silence).</li>
+<li><b>End of turn.</b> Latency: the first step at or after the last word's end at which the rule is on, minus
+that end; "never" if it is not on before the stream ends (clip tail plus the appended silence). Detected: a
+latency of at most 2 s; the median latency is over the detected ones. The page warns when the candidate
+detects fewer turn ends than the base (by more than 2 points) or later (median by more than 0.1 s).</li>
 </ul>
 """
 
