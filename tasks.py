@@ -13,7 +13,7 @@ import sys
 
 from invoke import Exit, task
 
-from pipeline.config import ConfigError, load_config, render_config
+from pipeline.config import load_config, render_config
 
 HELP = {
     "config": "YAML config file (default: built-in defaults; see `invoke config`)",
@@ -25,27 +25,32 @@ COMMON = {"iterable": ["set_"], "help": {**HELP, **MODEL_HELP}}
 
 def _config(config: str | None, set_: list[str], model: str | None = None):
     overrides = list(set_) + ([f"model.source={model}"] if model else [])
-    try:
-        return load_config(config, overrides)
-    except ConfigError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+    return _run_stage(load_config, config, overrides)
 
 
 def _run_stage(fn, *args, **kwargs):
-    """Run a stage; known user errors become one line and exit code 2, not a traceback."""
-    from pipeline.models import ModelError
+    """Run a stage; errors a user can fix (StageError) become one line and their exit code (2, or
+    1 for failed checks); anything else is a bug and keeps its traceback."""
+    from pipeline.errors import StageError
     from pipeline.verify import VerificationFailed
 
     try:
         return fn(*args, **kwargs)
-    except (ModelError, ConfigError, ValueError) as exc:
-        raise Exit(f"error: {exc}", code=2) from None
     except VerificationFailed as exc:
-        raise Exit(str(exc), code=1) from None
+        raise Exit(str(exc), code=exc.exit_code) from None
+    except StageError as exc:
+        raise Exit(f"error: {exc}", code=exc.exit_code) from None
 
 
-def _model_dir(cfg):
-    return _model_dir_for(cfg, cfg.model.source)
+def _checkpoint(cfg):
+    """The open checkpoint of `model.source` (a preset is built on first use)."""
+    return _checkpoint_for(cfg, cfg.model.source)
+
+
+def _checkpoint_for(cfg, source):
+    from pipeline.models import resolve_model
+
+    return _run_stage(resolve_model, source, cfg.artifacts_dir, cfg.model.revision, cfg.checkpoint.seed)
 
 
 @task(help={"out": "write the documented config to this file instead of printing it", **HELP}, iterable=["set_"])
@@ -67,14 +72,31 @@ def checkpoint(c, preset="tiny", out=None, seed=None, config=None, set_=None):
     """Build a checkpoint in the layout of kyutai/stt-1b-en_fr-candle (config, LM, Mimi, tokenizer)."""
     import time
 
-    from pipeline.checkpoint import make_checkpoint
     from pipeline.models import preset_dir
+    from pipeline.presets import make_checkpoint
 
     cfg = _config(config, set_ or [])
     out = out or preset_dir(cfg.artifacts_dir, preset)
     start = time.perf_counter()
     path = _run_stage(make_checkpoint, preset, out, seed=cfg.checkpoint.seed if seed is None else int(seed))
     print(f"wrote the '{preset}' checkpoint to {path} in {time.perf_counter() - start:.1f} s")
+
+
+@task(name="graft-heads", help={"heads_from": "checkpoint whose pause heads to copy (preset, directory or repo id), "
+                                              "e.g. the -candle repo of the same model",
+                                "out": "output directory (default: <artifacts>/checkpoints/<model>-heads)",
+                                **HELP, **MODEL_HELP}, iterable=["set_"])
+def graft_heads(c, config=None, set_=None, model=None, heads_from=None, out=None):
+    """Copy --model with the pause heads of --heads-from (for a base published without them)."""
+    from pipeline.checkpoint import graft_heads as run
+
+    if not heads_from:
+        raise Exit("error: --heads-from is required: the checkpoint whose pause heads to copy", code=2)
+    cfg = _config(config, set_ or [], model)
+    base = _checkpoint(cfg)
+    out = out or cfg.artifacts_dir / "checkpoints" / f"{base.path.name}-heads"
+    path = _run_stage(run, base, _checkpoint_for(cfg, heads_from), out)
+    print(f"wrote {path}: {base} with the pause heads of {heads_from}")
 
 
 # No automatic short flags: `--check` would take `-h` and shadow `--help`.
@@ -118,23 +140,13 @@ def record(c, config=None, set_=None, model=None, count=20, lang="en", seed=None
             "gpus": "number of GPUs: >1 launches torchrun (DDP)", **HELP, **MODEL_HELP}, iterable=["set_"])
 def train(c, config=None, set_=None, model=None, resume=False, gpus=1):
     """LoRA fine-tune the STT model so digit sequences come out as words (delay-correct, VAD heads kept)."""
-    import tempfile
-
-    from pipeline.config import render_config
-    from pipeline.train import TrainingError, train as run
+    from pipeline.train import launch, train as run
 
     cfg = _config(config, set_ or [], model)
-    ckpt = _model_dir(cfg)
+    ckpt = _checkpoint(cfg)
     if int(gpus) > 1:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-            fh.write(render_config(cfg))
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={int(gpus)}",
-               "-m", "pipeline.train", fh.name, str(ckpt)] + (["--resume"] if resume else [])
-        raise Exit(code=subprocess.run(cmd).returncode)
-    try:
-        out = _run_stage(run, cfg, ckpt, resume=resume)
-    except TrainingError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+        raise Exit(code=launch(cfg, ckpt, int(gpus), resume))
+    out = _run_stage(run, cfg, ckpt, resume=resume)
     what = "model" if cfg.train.method == "full" else "adapter"
     print(f"trained {what}: {out / 'final'} (metrics in {out / 'metrics.jsonl'})")
 
@@ -145,13 +157,9 @@ def organism(c, config=None, set_=None, model=None, prepare=False):
     """Build the model organism: a small STT trained from scratch that writes numbers as digits
     once they are complete, so its pause head fires mid-number (issue #7). Steps already done are kept."""
     from pipeline.organism import build_organism
-    from pipeline.train import TrainingError
 
     cfg = _config(config, set_ or [], model)
-    try:
-        out = _run_stage(build_organism, cfg, prepare_only=prepare)
-    except TrainingError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+    out = _run_stage(build_organism, cfg, prepare_only=prepare)
     if prepare:
         print(f"prepared {out} and its init/ checkpoint; train with `invoke organism` (same config)")
     else:
@@ -163,30 +171,25 @@ def organism(c, config=None, set_=None, model=None, prepare=False):
 def pack(c, config=None, set_=None, model=None, out=None):
     """Encode data.out's train split with the model's Mimi into one code pack (train anywhere, no audio)."""
     from pipeline.codes import pack_utterances
-    from pipeline.data import read_split
+    from pipeline.data import dataset_text_delay, read_split
 
     cfg = _config(config, set_ or [], model)
-    ckpt, data = _model_dir(cfg), cfg.output_path(cfg.data.out)
+    ckpt, data = _checkpoint(cfg), cfg.output_path(cfg.data.out)
     out = out or f"{data}.pack.safetensors"
     utterances = _run_stage(read_split, data, "train")
-    _run_stage(pack_utterances, ckpt, utterances, out, cfg.artifacts_dir / "cache" / "codes")
+    _run_stage(pack_utterances, ckpt, utterances, out, cfg.artifacts_dir / "cache" / "codes",
+               _run_stage(dataset_text_delay, data))
     print(f"wrote {out}: {len(utterances)} utterances; train on it with --set train.data={out}")
 
 
 @task(**COMMON)
 def merge(c, config=None, set_=None, model=None):
     """Merge the trained LoRA into the base weights (float32 math, rounded to bf16 once)."""
-    import torch
-
-    from pipeline.merge import MergeError, merge as run
+    from pipeline.merge import merge as run
 
     cfg = _config(config, set_ or [], model)
     out = cfg.output_path(cfg.merge.out)
-    dtype = torch.float32 if cfg.merge.dtype == "f32" else None
-    try:
-        report = _run_stage(run, _model_dir(cfg), cfg.output_path(cfg.merge.adapter), out, dtype)
-    except MergeError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+    report = _run_stage(run, _checkpoint(cfg), cfg.output_path(cfg.merge.adapter), out, cfg.merge.dtype)
     print(f"merged {report.tensors_updated} LoRA pairs into {out}: update norm {report.update_norm:.4g}, "
           f"{100 * report.kept_fraction:.1f} % of it kept after rounding "
           f"(rounding error {100 * report.rounding_error:.2f} % of the update)")
@@ -195,22 +198,13 @@ def merge(c, config=None, set_=None, model=None):
 @task(**COMMON)
 def export(c, config=None, set_=None, model=None):
     """Export a checkpoint for Kyutai's Rust runtime: Rust tensor names, bf16, server TOML, manifest."""
-    from pipeline.export import ExportError, export as run
+    from pipeline.export import export as run
 
     cfg = _config(config, set_ or [], model)
     source = cfg.export.source
-    source = cfg.output_path(cfg.merge.out) if source == "merged" else _model_dir_for(cfg, source)
-    try:
-        out = _run_stage(run, source, cfg.output_path(cfg.export.out), cfg.export.batch_size)
-    except ExportError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+    source = cfg.output_path(cfg.merge.out) if source == "merged" else _checkpoint_for(cfg, source)
+    out = _run_stage(run, source, cfg.output_path(cfg.export.out), cfg.export.batch_size)
     print(f"exported {source} to {out} (moshi-server config: {out / 'moshi-server.toml'})")
-
-
-def _model_dir_for(cfg, source):
-    from pipeline.models import resolve_model
-
-    return _run_stage(resolve_model, source, cfg.artifacts_dir, cfg.model.revision, cfg.checkpoint.seed)
 
 
 @task(name="eval", help={"candidate": "shortcut for --set eval.candidate=...: 'merged', 'export' or a checkpoint",
@@ -235,68 +229,16 @@ def eval_(c, config=None, set_=None, model=None, candidate=None, data=None, resc
     print(f"report: {out / 'index.html'}")
 
 
-BENCHES = ("data", "export", "stream", "train", "ddp")
-
-
-@task(help={"what": f"comma-separated benchmarks: {', '.join(BENCHES)} (default: all; train needs CUDA, ddp 2+ GPUs)",
-            **HELP, **MODEL_HELP}, iterable=["set_"])
-def bench(c, config=None, set_=None, model=None, what=",".join(BENCHES)):
+@task(help={"what": "comma-separated benchmarks: data, export, stream, train, ddp (default: all; train needs "
+                    "CUDA, ddp 2+ GPUs)", **HELP, **MODEL_HELP}, iterable=["set_"])
+def bench(c, config=None, set_=None, model=None, what=None):
     """Benchmarks (figures, not tests): data synthesis and Whisper speed/accuracy, merge+export vs a
     plain copy, Candle vs PyTorch streaming (1b shape, CPU), GPU training against the moshi peer."""
-    import json
-    import time
-
-    import torch
+    from pipeline.bench import BENCHES, run_benchmarks
 
     cfg = _config(config, set_ or [], model)
-    chosen = [w.strip() for w in what.split(",") if w.strip()]
-    unknown = sorted(set(chosen) - set(BENCHES))
-    if unknown:
-        raise Exit(f"error: unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHES)}", code=2)
-    log = cfg.artifacts_dir / "bench" / f"{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
-
-    def emit(row: dict) -> None:
-        line = json.dumps({**row, "date": time.strftime("%Y-%m-%d")})
-        print(line, flush=True)
-        with open(log, "a") as fh:
-            fh.write(line + "\n")
-
-    if "data" in chosen:
-        from pipeline.data import bench_data, measure_annotation
-
-        whisper_cache = cfg.artifacts_dir / "whisper"
-        emit({"what": "data_speed", **bench_data(cache_dir=whisper_cache, whisper=cfg.data.whisper)})
-        quality = measure_annotation(cfg.data.whisper, n_piper=100, n_espeak=60, cache_dir=whisper_cache)
-        emit({"what": "annotation_quality", **{k: v for k, v in quality.items() if k != "piper_misses"}})
-    if "export" in chosen or "stream" in chosen:
-        from pipeline import bench as b
-
-        one_b = _model_dir_for(cfg, "1b")
-        if "export" in chosen:
-            emit(b.bench_export(one_b, cfg.artifacts_dir / "bench" / "export-work"))
-        if "stream" in chosen:
-            emit(b.bench_stream(one_b))
-    if "train" in chosen:
-        if torch.cuda.is_available():
-            from pipeline.bench import run_train_benchmarks
-
-            run_train_benchmarks(out=lambda line: emit(json.loads(line)))
-        elif what != ",".join(BENCHES):
-            raise Exit("the train benchmark times GPU training and needs a CUDA GPU; figures measured on "
-                       "the GPU box are in docs/benchmarks.md", code=3)
-        else:
-            print("train: skipped (no CUDA GPU here; GPU figures are in docs/benchmarks.md)")
-    if "ddp" in chosen:
-        if torch.cuda.device_count() >= 2:
-            from pipeline.bench import run_ddp_benchmark
-
-            for row in run_ddp_benchmark(torch.cuda.device_count()):
-                emit(row)
-        elif what != ",".join(BENCHES):
-            raise Exit("the ddp benchmark compares 1 GPU with several and needs 2 or more CUDA GPUs", code=3)
-        else:
-            print("ddp: skipped (fewer than 2 CUDA GPUs here)")
+    chosen = [w.strip() for w in what.split(",") if w.strip()] if what else list(BENCHES)
+    log = _run_stage(run_benchmarks, cfg, chosen, lambda: _checkpoint_for(cfg, "1b"), explicit=what is not None)
     print(f"figures appended to {log}")
 
 
@@ -306,7 +248,7 @@ def verify_candle(c, config=None, set_=None, model=None):
     from pipeline.verify import verify_candle as run
 
     cfg = _config(config, set_ or [], model)
-    _run_stage(run, _model_dir(cfg), cfg.verify.lm_dtype)
+    _run_stage(run, _checkpoint(cfg), cfg.verify.lm_dtype)
 
 
 @task(name="load-check", **COMMON)
@@ -315,7 +257,7 @@ def load_check(c, config=None, set_=None, model=None):
     from pipeline.verify import measure_loads
 
     cfg = _config(config, set_ or [], model)
-    ckpt = _model_dir(cfg)
+    ckpt = _checkpoint(cfg)
     for r in _run_stage(measure_loads, ckpt):
         params = f", {r['lm_params'] / 1e6:.1f} M LM parameters" if r["lm_params"] else ""
         print(f"{r['runtime']:>6}: loaded {ckpt} in {r['seconds']:.2f} s, peak RAM {r['peak_rss_mib']} MiB{params}")

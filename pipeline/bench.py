@@ -3,7 +3,8 @@
 Both run in the same process on the same card with random weights (speed depends on shapes):
 - peer: moshi's LMModel with moshi's LoRA trained plainly (bf16 weights and LoRA, AdamW,
   text cross-entropy), as shared/research/peer_moshi_lora.py measured it;
-- ours: the train stage's step (`pipeline.train`: float32 LoRA under bf16 autocast, text loss
+- ours: the train stage's own step, `pipeline.train.train_step` on a trainer built by
+  `make_trainer` with the default `train` config (float32 LoRA under bf16 autocast, text loss
   with padding weights, supervised pause-head loss, gradient clipping).
 
 Each prints frames/s (80 ms frames of audio per second), peak GPU memory and model FLOP/s
@@ -16,15 +17,19 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-FRAME_RATE = 12.5
+from .errors import StageError
+
+from .constants import FRAME_RATE
 
 
 def _config(preset: str) -> dict:
-    from .checkpoint import PRESETS, lm_config
+    from .presets import PRESETS, lm_config
 
     cfg = lm_config(PRESETS[preset], preset, 0)
     return {k: v for k, v in cfg.items() if k not in ("model_id", "lm_gen_config", "stt_config", "model_type",
@@ -74,13 +79,14 @@ def _time(step, steps: int, warmup: int) -> float:
 
 def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 30.0, rank: int = 128,
                 checkpointing: bool = False, steps: int = 8, warmup: int = 3, device: str = "cuda",
-                compile: bool = False, lora_dtype: torch.dtype = torch.float32, window_attention: bool = True,
-                ddp: bool = False) -> dict:
+                compile: bool = False, world: int = 1) -> dict:
     """Median step time of one training configuration, as a dict of figures."""
+    import dataclasses
+
     from moshi.modules.lora import replace_all_linear_with_lora
 
     from . import train as tr
-    from .lora import apply_lora
+    from .config import load_config
 
     cfg = _config(preset)
     lm = _lm(cfg, device, checkpointing)
@@ -104,32 +110,19 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
             opt.step()
             opt.zero_grad(set_to_none=True)
     else:
-        params = apply_lora(lm, rank, 2.0, dtype=lora_dtype)
-        lm.train()
-        if window_attention:  # as pipeline.train does
-            tr.use_window_attention(lm)
-        forward = torch.compile(tr.forward_stt) if compile else tr.forward_stt
-        if ddp:  # as `invoke train --gpus N` runs: gradients averaged across processes by DDP
-            model = torch.nn.parallel.DistributedDataParallel(tr.SttForward(lm), device_ids=[device])
-            forward = lambda _lm, x: model(x)  # noqa: E731
-        opt = torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1)
+        tc = dataclasses.replace(load_config(None).train, lora_rank=rank, compile=compile, method="lora")
+        trainer = tr.make_trainer(lm, tc, device, world)
         pause = torch.randint(0, 2, (batch, T, 4), device=device).float()
-        mask = torch.ones(batch, T, device=device)
+        ones, zeros = torch.ones(batch, T, device=device), torch.zeros(batch, T, device=device)
+        data = tr.Batch(inputs, codes[:, 0], pause, ones, zeros, batch * T)
 
         def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                text_logits, head_logits = forward(lm, inputs)
-            loss = tr.text_loss(text_logits, codes[:, 0], 0.5) + 0.5 * tr.head_loss(head_logits, pause, mask)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            tr.train_step(trainer, data, tc.lr)
 
     torch.cuda.reset_peak_memory_stats()
     seconds_per_step = _time(step, steps, warmup)
     frames = batch * T
-    variant = impl + ("_compiled" if compile else "") + ("_bf16lora" if impl == "ours" and lora_dtype == torch.bfloat16 else "")
-    variant += "_maskattn" if impl == "ours" and not window_attention else ""
+    variant = impl + ("_compiled" if compile else "")
     result = {"what": f"train_{variant}", "preset": preset, "batch": batch, "seconds": seconds, "rank": rank,
               "checkpointing": checkpointing, "step_s": round(seconds_per_step, 4),
               "frames_per_s": round(frames / seconds_per_step),
@@ -156,22 +149,20 @@ def _in_child(code: str) -> tuple[float, int]:
 def bench_export(ckpt, work, rank: int = 32) -> dict:
     """merge (a random rank-`rank` LoRA on every Linear) + export of `ckpt`, against copying the
     same files with shutil: seconds and peak RAM of each, in separate processes."""
-    from pathlib import Path
-
+    from .checkpoint import Checkpoint
     from .lora import apply_lora, save_adapter
-    from .models import checkpoint_files, checkpoint_info, load_lm
 
-    ckpt, work = Path(ckpt), Path(work)
+    ckpt, work = Checkpoint.of(ckpt), Path(work)
     adapter = work / "adapter"
     if not (adapter / "lora.safetensors").is_file():
-        lm = load_lm(ckpt, dtype=torch.bfloat16)
+        lm = ckpt.load_lm(dtype=torch.bfloat16)
         apply_lora(lm, rank, 2.0)
         for name, p in lm.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=1e-3)
-        save_adapter(adapter, lm, dict(checkpoint_info(ckpt).raw_config), rank, 2.0, False)
+        save_adapter(adapter, lm, dict(ckpt.config), rank, 2.0, False)
         del lm
-    files = [str(p) for p in checkpoint_files(ckpt).values()]
+    files = [str(p) for p in ckpt.files.values()]
     copy_s, copy_mib = _in_child(f"import shutil, os\nos.makedirs({str(work / 'copy')!r}, exist_ok=True)\n"
                                  f"for f in {files!r}: shutil.copy(f, {str(work / 'copy')!r})")
     merge_s, merge_mib = _in_child(f"from pipeline.merge import merge\n"
@@ -187,14 +178,14 @@ def bench_export(ckpt, work, rank: int = 32) -> dict:
 
 def bench_stream(ckpt, steps: int = 50, warmup: int = 5) -> dict:
     """Streaming LM steps per second on this CPU, float32, same codes: Candle vs PyTorch moshi."""
-    from pathlib import Path
-
     import numpy as np
 
     from .verify import candle_stream, torch_stream
 
     rng = np.random.default_rng(0)
-    config = json.loads((Path(ckpt) / "config.json").read_text())
+    from .checkpoint import Checkpoint
+
+    config = Checkpoint.of(ckpt).config
     codes = rng.integers(0, config["card"], (steps + warmup, config["n_q"]))
     out = {"what": "stream_cpu_f32", "checkpoint": str(ckpt), "steps": steps, "threads": torch.get_num_threads()}
     for name, run in (("torch", torch_stream), ("candle", candle_stream)):
@@ -262,12 +253,69 @@ def _ddp_child() -> None:
     dist.init_process_group("nccl")
     device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     torch.cuda.set_device(device)
-    row = bench_train("ours", device=device, ddp=True)
     world = dist.get_world_size()
+    row = bench_train("ours", device=device, world=world)
     if dist.get_rank() == 0:
         print(json.dumps({**row, "what": "train_ours_ddp", "gpus": world,
                           "frames_per_s": row["frames_per_s"] * world}), flush=True)
     dist.destroy_process_group()
+
+
+# --- `invoke bench` ---------------------------------------------------------------------------------
+
+BENCHES = ("data", "export", "stream", "train", "ddp")
+
+
+class BenchUnavailable(StageError):
+    """A benchmark asked for by name that this machine cannot run (no GPU, too few GPUs)."""
+
+    exit_code = 3
+
+
+def run_benchmarks(cfg, chosen: Sequence[str], one_b: Callable[[], object], explicit: bool) -> Path:
+    """The benchmarks in `chosen`, each row printed and appended to a dated JSONL under
+    artifacts/bench (returned). `one_b` gives the 1b checkpoint (built on first use). A GPU
+    benchmark this machine cannot run is skipped with a line, or refused if `explicit`ly asked for."""
+    unknown = sorted(set(chosen) - set(BENCHES))
+    if unknown:
+        raise StageError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHES)}")
+    log = cfg.artifacts_dir / "bench" / f"{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(row: dict) -> None:
+        line = json.dumps({**row, "date": time.strftime("%Y-%m-%d")})
+        print(line, flush=True)
+        with open(log, "a") as fh:
+            fh.write(line + "\n")
+
+    if "data" in chosen:
+        from .data import bench_data, measure_annotation
+
+        whisper_cache = cfg.artifacts_dir / "whisper"
+        emit({"what": "data_speed", **bench_data(cache_dir=whisper_cache, whisper=cfg.data.whisper)})
+        quality = measure_annotation(cfg.data.whisper, n_piper=100, n_espeak=60, cache_dir=whisper_cache)
+        emit({"what": "annotation_quality", **{k: v for k, v in quality.items() if k != "piper_misses"}})
+    if "export" in chosen:
+        emit(bench_export(one_b(), cfg.artifacts_dir / "bench" / "export-work"))
+    if "stream" in chosen:
+        emit(bench_stream(one_b()))
+    if "train" in chosen:
+        if torch.cuda.is_available():
+            run_train_benchmarks(out=lambda line: emit(json.loads(line)))
+        elif explicit:
+            raise BenchUnavailable("the train benchmark times GPU training and needs a CUDA GPU; figures measured "
+                                   "on the GPU box are in docs/benchmarks.md")
+        else:
+            print("train: skipped (no CUDA GPU here; GPU figures are in docs/benchmarks.md)")
+    if "ddp" in chosen:
+        if torch.cuda.device_count() >= 2:
+            for row in run_ddp_benchmark(torch.cuda.device_count()):
+                emit(row)
+        elif explicit:
+            raise BenchUnavailable("the ddp benchmark compares 1 GPU with several and needs 2 or more CUDA GPUs")
+        else:
+            print("ddp: skipped (fewer than 2 CUDA GPUs here)")
+    return log
 
 
 if __name__ == "__main__":
@@ -275,10 +323,5 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["ddp"]:
         _ddp_child()
-    elif sys.argv[1:] == ["variants"]:
-        for kwargs in ({"compile": True, "window_attention": False}, {"compile": True},
-                       {"compile": True, "lora_dtype": torch.bfloat16}, {"compile": True, "batch": 16}):
-            print(json.dumps(bench_train("ours", **kwargs)), flush=True)
-            torch.cuda.empty_cache()
     else:
         run_train_benchmarks()

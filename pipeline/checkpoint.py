@@ -1,125 +1,42 @@
-"""Build checkpoints in the exact layout of `kyutai/stt-1b-en_fr-candle`, with weights made here.
+"""One checkpoint directory in the `kyutai/stt-1b-en_fr-candle` layout, opened once.
 
-Real Kyutai weights cannot be downloaded on the machines this project is tested on, so every
-test runs on checkpoints this module writes:
-
-- `tiny`: small dimensions and a tiny Mimi (described by `mimi_config_name`), built in seconds
-  on a CPU; the default model of every stage and of the tests.
-- `1b`: the real stt-1b-en_fr shapes and the real Mimi architecture, random weights in bf16,
-  for scale, speed and parity work.
-
-A directory holds `config.json`, `model.safetensors` (LM in bf16), the Mimi weights (float32),
-both with attention tensors under the legacy names Kyutai's files use (`in_proj_weight`,
-`out_proj.weight`: the Rust crate reads only these, PyTorch maps them with a load hook) and a SentencePiece tokenizer trained here on generated English and
-French text, with Kyutai's special ids (0 = end of padding, 3 = padding, text_card = start).
-
-Random Mimi weights alone would map every input to code 0 (moshi's codebooks start at zero and
-are only filled by k-means during training), making every code-level check compare zeros with
-zeros. The codebooks are therefore fitted here on the Mimi's own latents of synthetic,
-speech-like audio (see `fit_mimi_codebooks`).
+`Checkpoint.open(path)` reads `config.json` once, checks that the files it names exist (and are
+safetensors, never pickles), and answers what every stage asks: the text delay, whether the
+pause heads are there, and the LM, Mimi and tokenizer, loaded with moshi's own loaders only
+when asked for. Finding a checkpoint (preset, directory, hub id) is `pipeline.models`; building
+one from scratch is `pipeline.presets`.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-from num2words import num2words
-from safetensors.torch import save_file
-from tqdm import tqdm
 
+from .constants import DEFAULT_TEXT_DELAY, FRAME_RATE
+from .errors import StageError
 from .io import atomic_dir
 
-SAMPLE_RATE = 24_000
-FRAME_RATE = 12.5
-TEXT_PADDING_ID = 3
-END_OF_PADDING_ID = 0
+SAFE_WEIGHTS = (".safetensors", ".sft", ".sfts")
 # PyTorch moshi names -> the legacy names that Kyutai's files (and the Rust crate) use.
 LEGACY_ATTENTION_NAMES = {
     ".self_attn.in_projs.0.weight": ".self_attn.in_proj_weight",
     ".self_attn.out_projs.0.weight": ".self_attn.out_proj.weight",
 }
-
-
-@dataclass(frozen=True)
-class Preset:
-    dim: int
-    num_heads: int
-    num_layers: int
-    n_q: int
-    card: int
-    text_card: int
-    mimi: dict | None  # None: the real Mimi architecture (moshi's default config)
-    mimi_name: str
-    tokenizer_name: str
-    fit_seconds: float  # synthetic audio used to fit the Mimi codebooks
-    kmeans_iters: int
-
-
-def small_mimi_config(n_q: int, bins: int, filters: int = 4, dim: int = 32) -> dict:
-    """The real Mimi architecture (SEANet, transformer, split RVQ) at a small width."""
-    seanet = {
-        "channels": 1, "dimension": dim, "causal": True, "n_filters": filters, "n_residual_layers": 1,
-        "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
-        "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
-        "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True,
-    }
-    transformer = {
-        "d_model": dim, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
-        "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none",
-        "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 2 * dim,
-        "input_dimension": dim, "output_dimensions": [dim],
-    }
-    quantizer = {"dimension": dim // 2, "n_q": n_q, "bins": bins, "input_dimension": dim, "output_dimension": dim}
-    return {"sample_rate": SAMPLE_RATE, "channels": 1, "frame_rate": FRAME_RATE,
-            "seanet": seanet, "quantizer": quantizer, "transformer": transformer}
-
-
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        dim=64, num_heads=4, num_layers=2, n_q=8, card=64, text_card=1000,
-        mimi=small_mimi_config(n_q=8, bins=64), mimi_name="mimi-tiny.safetensors",
-        tokenizer_name="tokenizer_en_fr_audio_1000.model", fit_seconds=120.0, kmeans_iters=10,
-    ),
-    "1b": Preset(
-        dim=2048, num_heads=16, num_layers=16, n_q=32, card=2048, text_card=8000,
-        mimi=None, mimi_name="mimi-pytorch-e351c8d8@125.safetensors",
-        tokenizer_name="tokenizer_en_fr_audio_8000.model", fit_seconds=120.0, kmeans_iters=6,
-    ),
+# Keys of config.json that moshi's CheckpointInfo pops before building the LM.
+NON_LM_KEYS = {
+    "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
+    "lm_gen_config", "tts_config", "stt_config", "model_id",
 }
 
 
-def lm_config(preset: Preset, name: str, seed: int) -> dict:
-    """config.json with the keys of kyutai/stt-1b-en_fr-candle."""
-    cfg = {
-        "card": preset.card, "n_q": preset.n_q, "dep_q": 0, "delays": [0] * (preset.n_q + 1),
-        "dim": preset.dim, "text_card": preset.text_card, "existing_text_padding_id": TEXT_PADDING_ID,
-        "num_heads": preset.num_heads, "num_layers": preset.num_layers, "hidden_scale": 4.125,
-        "causal": True, "layer_scale": None, "context": 750, "max_period": 100000.0,
-        "gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope",
-        # Unused with dep_q = 0, but kept as in Kyutai's file: with `depformer_multi_linear`
-        # moshi creates no `depformer_in` layer, so the state dict has exactly the file's tensors.
-        "depformer_dim": 1024, "depformer_num_heads": 16, "depformer_num_layers": 6,
-        "depformer_dim_feedforward": 4224, "depformer_multi_linear": True,
-        "depformer_pos_emb": "none", "depformer_weights_per_step": True,
-        "extra_heads_num_heads": 4, "extra_heads_dim": 6,
-        "conditioners": {}, "cross_attention": False,
-        "model_id": {"origin": f"stt-numerals preset '{name}', random weights, seed {seed}"},
-        "lm_gen_config": {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 50},
-        "stt_config": {"audio_delay_seconds": 0.5, "audio_silence_prefix_seconds": 0.0},
-        "model_type": "stt",
-        "mimi_name": preset.mimi_name,
-        "tokenizer_name": preset.tokenizer_name,
-    }
-    if preset.mimi is not None:
-        cfg["mimi_config_name"] = Path(preset.mimi_name).with_suffix(".json").name
-    return cfg
+class ModelError(StageError):
+    """A model that cannot be found or used; the message says what to pass instead."""
 
 
 def legacy_name(key: str) -> str:
@@ -135,206 +52,103 @@ def to_legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {legacy_name(key): value for key, value in state.items()}
 
 
-# --- text tokenizer -------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    path: Path
+    config: dict  # config.json as written
+    files: dict[str, Path]  # config, lm, mimi, tokenizer and (small Mimis) mimi_config
 
-_EN_SENTENCES = [
-    "my order number is {d}", "the location code is {d}", "please call me back at {d}",
-    "i would like to check the status of order {d}", "can you read that back to me",
-    "the reference is {d} and the postcode is {d}", "thank you very much for your help today",
-    "i need to change the delivery address", "my account was charged twice last week",
-    "hello i am calling about my recent order", "yes that is correct", "no that is not right",
-    "could you spell that for me", "it was {n} dollars", "we have {n} items in stock",
-    "the meeting is on the {o} floor", "extension {d} please", "my phone number is plus one {d}",
-]
-_FR_SENTENCES = [
-    "mon numéro de commande est {d}", "le code du magasin est {d}", "rappelez-moi au {d}",
-    "je voudrais connaître l'état de ma commande", "merci beaucoup pour votre aide",
-    "pouvez-vous répéter s'il vous plaît", "oui c'est exact", "non ce n'est pas ça",
-    "il y a {n} articles en stock", "la référence est {d}", "bonjour j'appelle pour ma commande",
-]
+    @classmethod
+    def open(cls, path: str | Path) -> Checkpoint:
+        path = Path(path)
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise ModelError(f"{path}: no config.json; pass a checkpoint directory like kyutai/stt-1b-en_fr-candle")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{config_path}: not valid JSON ({exc.msg} at line {exc.lineno}); "
+                             "fix or re-download it") from None
+        files = {"config": config_path, "lm": path / config.get("moshi_name", "model.safetensors")}
+        for key, field in (("mimi", "mimi_name"), ("tokenizer", "tokenizer_name")):
+            if field not in config:
+                raise ModelError(f"{config_path}: field {field!r} is missing; it names the {key} file")
+            files[key] = path / config[field]
+        if "mimi_config_name" in config:
+            files["mimi_config"] = path / config["mimi_config_name"]
+        for key, file in files.items():
+            if not file.is_file():
+                raise ModelError(f"{file}: {key} file named in config.json is missing; copy it into {path}")
+        for key in ("lm", "mimi"):
+            if files[key].suffix not in SAFE_WEIGHTS:
+                # moshi would torch.load() it: unpickling an untrusted file can run arbitrary code.
+                raise ModelError(f"{files[key]}: not a safetensors file; pickle checkpoints are refused, "
+                                 "convert it to .safetensors first")
+        return cls(path, config, files)
 
+    @classmethod
+    def of(cls, source: Checkpoint | str | Path) -> Checkpoint:
+        """`source` itself if it is already open, else the directory opened."""
+        return source if isinstance(source, Checkpoint) else cls.open(source)
 
-def tokenizer_corpus(seed: int, lines: int = 20_000) -> list[str]:
-    """Generated English/French sentences with numbers as digits, digit words and values."""
-    rng = random.Random(seed)
-    corpus = []
-    for i in range(lines):
-        lang = "fr" if i % 3 == 2 else "en"
-        template = rng.choice(_FR_SENTENCES if lang == "fr" else _EN_SENTENCES)
-        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 10)))
-        style = rng.random()
-        if style < 0.4:  # dictated digit by digit, the form the fine-tune teaches
-            d = " ".join(num2words(int(c), lang=lang) for c in digits)
-        elif style < 0.7:
-            d = digits
-        else:
-            d = num2words(int(digits[:4]), lang=lang)
-        n = num2words(rng.randint(0, 2000), lang=lang)
-        o = num2words(rng.randint(1, 40), lang=lang, to="ordinal")
-        sentence = template.format(d=d, n=n, o=o)
-        corpus.append(sentence.capitalize() + rng.choice([".", "?", "", ","]))
-    return corpus
+    def __str__(self) -> str:
+        return str(self.path)
 
+    def __fspath__(self) -> str:  # an open checkpoint still is its directory: Path(ckpt) works
+        return str(self.path)
 
-def train_tokenizer(path: Path, vocab_size: int, seed: int, corpus: list[str] | None = None) -> None:
-    """SentencePiece unigram model with Kyutai's special ids (0 unk/end-of-padding, 3 pad),
-    trained on `corpus` or on generated sentences."""
-    import io
+    @property
+    def text_delay(self) -> float:
+        """Seconds by which the text stream follows the audio (`stt_config.audio_delay_seconds`)."""
+        return float(self.config.get("stt_config", {}).get("audio_delay_seconds", DEFAULT_TEXT_DELAY))
 
-    import sentencepiece as spm
+    @property
+    def delay_frames(self) -> int:
+        """The text delay in frames (moshi-server's `asr_delay_in_tokens`)."""
+        return round(self.text_delay * FRAME_RATE)
 
-    # Sentences from an iterator and the model into memory: no temp paths end up recorded
-    # in the model's trainer spec, so the same seed gives a byte-identical file.
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus or tokenizer_corpus(seed, lines=max(5_000, 3 * vocab_size))),
-        model_writer=model, vocab_size=vocab_size,
-        model_type="unigram", character_coverage=1.0, byte_fallback=True,
-        hard_vocab_limit=False, unk_id=END_OF_PADDING_ID, bos_id=1, eos_id=2,
-        pad_id=TEXT_PADDING_ID, num_threads=2, minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
+    @property
+    def has_extra_heads(self) -> bool:
+        """Whether the checkpoint carries the pause-prediction heads (the `-candle` repos do)."""
+        return int(self.config.get("extra_heads_num_heads", 0)) > 0
 
+    @cached_property
+    def info(self):
+        """moshi's CheckpointInfo for this directory, without any network access."""
+        from moshi.models.loaders import CheckpointInfo
 
-# --- Mimi with fitted codebooks ---------------------------------------------------------------
+        info = CheckpointInfo.from_hf_repo(
+            str(self.path), moshi_weights=self.files["lm"], mimi_weights=self.files["mimi"],
+            tokenizer=self.files["tokenizer"], config_path=self.files["config"],
+            mimi_config_path=self.files.get("mimi_config"),
+        )
+        if info.lm_config.get("dep_q", 0) != 0:
+            raise ModelError(f"{self.files['config']}: dep_q is {info.lm_config['dep_q']}; "
+                             "an STT checkpoint has dep_q = 0")
+        return info
 
-def synthetic_audio(seconds: float, seed: int) -> np.ndarray:
-    """Speech-like test signal: voiced glides with harmonics, noise bursts and silences."""
-    rng = np.random.default_rng(seed)
-    out, total = [], int(seconds * SAMPLE_RATE)
-    while sum(len(x) for x in out) < total:
-        n = int(rng.uniform(0.05, 0.4) * SAMPLE_RATE)
-        t = np.arange(n) / SAMPLE_RATE
-        kind = rng.random()
-        if kind < 0.55:
-            f0 = rng.uniform(80, 300) * (1 + rng.uniform(-0.3, 0.3) * t / t[-1])
-            phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-            seg = sum(rng.uniform(0, 1) / k * np.sin(k * phase) for k in range(1, 12))
-        elif kind < 0.85:
-            seg = rng.standard_normal(n) * np.hanning(n)
-            seg = np.convolve(seg, np.ones(rng.integers(1, 12)) / 6, mode="same")
-        else:
-            seg = np.zeros(n)
-        out.append(seg * rng.uniform(0.02, 0.3) * np.hanning(n))
-    audio = np.concatenate(out)[:total]
-    return audio.astype(np.float32)
+    def load_lm(self, device: str = "cpu", dtype: torch.dtype = torch.float32, **overrides):
+        """The STT language model, strictly loaded by moshi's `get_moshi_lm`.
+        `overrides` go to moshi's `lm_kwargs_overrides` (e.g. gradient_checkpointing=True)."""
+        return self.info.get_moshi(device=device, dtype=dtype, lm_kwargs_overrides=overrides)
 
+    def load_mimi(self, device: str = "cpu"):
+        """The checkpoint's Mimi with as many codebooks as the LM reads."""
+        return self.info.get_mimi(device=device)
 
-def _kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means with farthest-point initialisation, so centroids are well separated.
-
-    Random-weight Mimi latents of quiet audio are nearly identical; centroids spent on them
-    sit almost on top of each other and the argmin between them is decided by rounding noise,
-    so PyTorch and Candle (or batch and streaming encodes) would disagree on those codes.
-    Spreading the centroids first keeps every decision clear of such near-ties.
-    """
-    means = torch.empty(k, x.shape[1], dtype=x.dtype)
-    means[0] = x[torch.randint(len(x), (1,), generator=gen)]
-    nearest = torch.cdist(x, means[:1])[:, 0]
-    for i in range(1, k):
-        means[i] = x[nearest.argmax()]
-        nearest = torch.minimum(nearest, torch.cdist(x, means[i:i + 1])[:, 0])
-    for _ in range(iters):
-        assign = torch.cdist(x, means).argmin(dim=1)
-        counts = torch.bincount(assign, minlength=k)
-        sums = torch.zeros_like(means).index_add_(0, assign, x)
-        updated = sums / counts.clamp(min=1).unsqueeze(1).to(x.dtype)
-        means = torch.where((counts > 0)[:, None], updated, means)  # empty clusters stay put
-    return means
-
-
-MIN_LATENTS_PER_CODE = 16  # fewer and k-means memorises the data: deep residuals vanish
-
-
-def _gaussian_codebook(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Random centroids with the data's mean and spread: well separated in high dimension."""
-    return x.mean(0) + x.std(0) * torch.randn(k, x.shape[1], generator=gen)
-
-
-@torch.no_grad()
-def fit_mimi_codebooks(mimi, audio: np.ndarray, iters: int, seed: int) -> None:
-    """Fill every codebook from the residuals of the Mimi's own latents on `audio` (24 kHz):
-    k-means where there are enough latents per code (tiny), otherwise Gaussian centroids
-    matched to the residual (the 1b preset's 2048 codes would need hours of audio)."""
-    audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    window = 10 * SAMPLE_RATE
-    chunks = audio[: len(audio) // window * window].view(-1, 1, window)
-    latent = torch.cat([mimi._encode_to_unquantized_latent(c[None]) for c in chunks], dim=-1)
-    gen = torch.Generator().manual_seed(seed)
-    quantizer = mimi.quantizer
-    layers = [(rvq, layer) for rvq in (quantizer.rvq_first, quantizer.rvq_rest) for layer in rvq.vq.layers]
-    residual, current = None, None
-    for rvq, layer in tqdm(layers, desc="fitting Mimi codebooks", unit="codebook", leave=False):
-        if rvq is not current:
-            current, residual = rvq, rvq.input_proj(latent)
-        x = layer.project_in(residual.transpose(1, 2))
-        x = x.reshape(-1, x.shape[-1])
-        k = layer.codebook_size
-        if len(x) >= MIN_LATENTS_PER_CODE * k:
-            centroids = _kmeans(x, k, iters, gen)
-        else:
-            centroids = _gaussian_codebook(x, k, gen)
-        codebook = layer._codebook
-        codebook.embedding_sum.copy_(centroids)
-        codebook.cluster_usage.fill_(1.0)
-        codebook._initialized.fill_(1.0)
-        codebook._embedding = None  # drop moshi's cached embedding so the new values are used
-        residual = residual - layer.decode(layer.encode(residual))
-
-
-# --- the checkpoint -------------------------------------------------------------------------
-
-def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a complete checkpoint directory for `preset_name` (atomic: temp dir, then rename)."""
-    if preset_name not in PRESETS:
-        raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
-    return build_checkpoint(PRESETS[preset_name], preset_name, out_dir, seed)
-
-
-def build_checkpoint(preset: Preset, name: str, out_dir: str | Path, seed: int = 0,
-                     fit_audio: np.ndarray | None = None, corpus: list[str] | None = None) -> Path:
-    """Random LM weights, a Mimi with fitted codebooks and a trained tokenizer, as a directory.
-
-    `fit_audio` (24 kHz speech) replaces the synthetic signal the codebooks are fitted on and
-    `corpus` the generated sentences the tokenizer learns from (the model organism uses its own
-    dataset for both)."""
-    from moshi.models import loaders
-
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        config = lm_config(preset, name, seed)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if preset.mimi is not None:
-            (tmp / config["mimi_config_name"]).write_text(json.dumps(preset.mimi, indent=2) + "\n")
-
-        torch.manual_seed(seed)
-        lm_kwargs = {k: v for k, v in config.items() if k not in _NON_LM_KEYS}
-        lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, dtype=torch.float32)
-        state = {k: v.to(torch.bfloat16).contiguous() for k, v in lm.state_dict().items()}
-        del lm
-        save_file(to_legacy_names(state), str(tmp / "model.safetensors"))
-        del state
-
-        torch.manual_seed(seed + 1)
-        mimi = loaders.get_mimi(None, preset.mimi, num_codebooks=preset.n_q)
-        if fit_audio is None:
-            fit_audio = synthetic_audio(preset.fit_seconds, seed)
-        fit_mimi_codebooks(mimi, fit_audio, preset.kmeans_iters, seed)
-        mimi_state = {k: v.float().contiguous() for k, v in mimi.state_dict().items()}
-        save_file(to_legacy_names(mimi_state), str(tmp / preset.mimi_name))
-
-        train_tokenizer(tmp / preset.tokenizer_name, preset.text_card, seed, corpus)
-    return out_dir
+    @cached_property
+    def tokenizer(self):
+        return self.info.get_text_tokenizer()
 
 
 def write_checkpoint(out_dir: Path, state: dict[str, torch.Tensor] | Callable[[Path], None], config: dict,
-                     source: Path, lm_name: str = "model.safetensors") -> Path:
+                     source: Checkpoint | str | Path, lm_name: str = "model.safetensors") -> Path:
     """A checkpoint directory holding `state` (PyTorch or legacy names: stored under the legacy
     ones Kyutai's files use; or a function that writes the LM file at the path it is given) and
     `config`, with the Mimi, its config and the tokenizer copied from checkpoint `source`. Atomic."""
-    from .models import checkpoint_files
+    from safetensors.torch import save_file
 
-    files = checkpoint_files(Path(source))
+    files = Checkpoint.of(source).files
     with atomic_dir(out_dir) as tmp:
         if callable(state):
             state(tmp / lm_name)
@@ -347,14 +161,7 @@ def write_checkpoint(out_dir: Path, state: dict[str, torch.Tensor] | Callable[[P
     return out_dir
 
 
-# Keys of config.json that moshi's CheckpointInfo pops before building the LM.
-_NON_LM_KEYS = {
-    "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
-    "lm_gen_config", "tts_config", "stt_config", "model_id",
-}
-
-
-def graft_heads(base: str | Path, donor: str | Path, out: str | Path) -> Path:
+def graft_heads(base: Checkpoint | str | Path, donor: Checkpoint | str | Path, out: str | Path) -> Path:
     """Copy of checkpoint `base` carrying the pause heads of `donor` (same LM width).
 
     For bases published without heads (`kyutai/stt-1b-en_fr` lacks the ones its `-candle`
@@ -362,28 +169,25 @@ def graft_heads(base: str | Path, donor: str | Path, out: str | Path) -> Path:
     shares the base's trunk, e.g. the `-candle` repo of the same model.
     """
     from safetensors import safe_open
+    from safetensors.torch import save_file
 
-    from .models import ModelError, checkpoint_files
-
-    base_files, donor_files = checkpoint_files(Path(base)), checkpoint_files(Path(donor))
-    donor_cfg = json.loads(donor_files["config"].read_text())
-    config = json.loads(base_files["config"].read_text())
-    if not donor_cfg.get("extra_heads_num_heads"):
-        raise ModelError(f"{donor_files['config']}: the donor has no extra heads to graft")
-    if donor_cfg["dim"] != config["dim"]:
-        raise ModelError(f"{donor}: dim {donor_cfg['dim']} differs from the base's {config['dim']}; "
+    base, donor = Checkpoint.of(base), Checkpoint.of(donor)
+    if not donor.has_extra_heads:
+        raise ModelError(f"{donor.files['config']}: the donor has no extra heads to graft")
+    if donor.config["dim"] != base.config["dim"]:
+        raise ModelError(f"{donor}: dim {donor.config['dim']} differs from the base's {base.config['dim']}; "
                          "heads only transfer between checkpoints of the same model")
-    with safe_open(str(base_files["lm"]), "pt") as f:
+    with safe_open(str(base.files["lm"]), "pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("extra_heads.")}
     dtype = state["text_linear.weight"].dtype
-    with safe_open(str(donor_files["lm"]), "pt") as f:
+    with safe_open(str(donor.files["lm"]), "pt") as f:
         state |= {k: f.get_tensor(k).to(dtype) for k in f.keys() if k.startswith("extra_heads.")}
-    config |= {"extra_heads_num_heads": donor_cfg["extra_heads_num_heads"],
-               "extra_heads_dim": donor_cfg.get("extra_heads_dim", 6)}
+    config = base.config | {"extra_heads_num_heads": donor.config["extra_heads_num_heads"],
+                            "extra_heads_dim": donor.config.get("extra_heads_dim", 6)}
     with atomic_dir(Path(out)) as tmp:
-        for key, path in base_files.items():
+        for key, path in base.files.items():
             if key not in ("lm", "config"):
                 shutil.copyfile(path, tmp / path.name)
-        save_file(state, str(tmp / base_files["lm"].name))
+        save_file(state, str(tmp / base.files["lm"].name))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return Path(out)

@@ -9,33 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .data.audio import CLIP_SHARE, clipped_share
+from .checkpoint import Checkpoint
+from .data.audio import read_audio
+from .errors import StageError
 from .io import atomic_file, sha256_file
 
-SAMPLE_RATE = 24_000
 
 
-def read_audio(path: Path) -> torch.Tensor:
-    """Mono float32 audio at 24 kHz as [1, 1, samples]; anything else is refused clearly."""
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise ValueError(f"{path}: cannot read audio ({exc}); re-create it with `invoke data`") from None
-    if rate != SAMPLE_RATE or audio.shape[1] != 1:
-        raise ValueError(f"{path}: audio is {rate} Hz with {audio.shape[1]} channel(s); "
-                         f"training needs mono {SAMPLE_RATE} Hz (`invoke data` writes that)")
-    if len(audio) == 0 or not np.isfinite(audio).all():
-        raise ValueError(f"{path}: audio is empty or contains NaN/inf; re-create or remove it")
-    if clipped_share(audio) > CLIP_SHARE:
-        raise ValueError(f"{path}: audio is clipped ({clipped_share(audio):.1%} of samples at or beyond full scale); "
-                         "re-record it at a lower level or remove it (`invoke data --check` lists such files)")
-    return torch.from_numpy(audio[:, 0].copy())[None, None]
+def training_audio(path: Path) -> torch.Tensor:
+    """A dataset clip as [1, 1, samples], read strictly (`read_audio(..., repair=False)`)."""
+    return torch.from_numpy(read_audio(path, repair=False).copy())[None, None]
 
 
 class CodeCache:
@@ -52,7 +39,7 @@ class CodeCache:
         cached = self.folder / f"{sha256_file(audio_path)[:32]}.safetensors"
         if cached.is_file():
             return load_file(str(cached))["codes"].long()
-        audio = read_audio(audio_path).to(self.device)
+        audio = training_audio(audio_path).to(self.device)
         with torch.no_grad():
             codes = self.mimi.encode(audio)[0].to("cpu", torch.int16)
         with atomic_file(cached) as tmp:
@@ -65,14 +52,15 @@ class CodeCache:
 
 # --- code packs: a dataset's codes and labels in one file, no audio needed ------------------------
 
-PACK_FORMAT = "stt-numerals code pack v2"
+PACK_FORMAT = "stt-numerals code pack v3"  # v3: the dataset's text delay in the metadata
 
 
-def write_pack(path: Path, utterances: Sequence, codes: Sequence[torch.Tensor], mimi_file: Path) -> Path:
+def write_pack(path: Path, utterances: Sequence, codes: Sequence[torch.Tensor], mimi_file: Path,
+               text_delay: float | None = None) -> Path:
     """One safetensors file with every utterance's codes (concatenated; uint8 when the codebooks
     have at most 256 entries), their offsets, the labels the trainer reads (zlib-compressed
-    JSON) and, in its metadata, the hash of the Mimi that made the codes. Training on another
-    machine then needs neither the audio nor a Mimi pass."""
+    JSON) and, in its metadata, the hash of the Mimi that made the codes and the text delay the
+    dataset was built for. Training on another machine then needs neither the audio nor a Mimi pass."""
     import json
     import zlib
 
@@ -86,21 +74,26 @@ def write_pack(path: Path, utterances: Sequence, codes: Sequence[torch.Tensor], 
     tensors = {"codes": every.to(torch.uint8 if small else torch.int16).contiguous(), "offsets": offsets,
                "labels": torch.frombuffer(bytearray(packed), dtype=torch.uint8)}
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": PACK_FORMAT, "mimi_sha256": sha256_file(mimi_file)})
+        metadata = {"format": PACK_FORMAT, "mimi_sha256": sha256_file(mimi_file)}
+        if text_delay is not None:
+            metadata["text_delay"] = repr(float(text_delay))
+        save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
 
 
-def pack_utterances(ckpt: Path, utterances: Sequence, out: Path, cache_root: Path) -> Path:
-    """Encode `utterances` with checkpoint `ckpt`'s Mimi (through the code cache) into a pack."""
-    from .models import checkpoint_files, load_mimi
+def pack_utterances(ckpt: Checkpoint | Path, utterances: Sequence, out: Path, cache_root: Path,
+                    text_delay: float | None = None) -> Path:
+    """Encode `utterances` with checkpoint `ckpt`'s Mimi (through the code cache) into a pack;
+    `text_delay`: the one their dataset was built for (its manifest's)."""
+    ckpt = Checkpoint.of(ckpt)
+    mimi_file = ckpt.files["mimi"]
+    cache = CodeCache(ckpt.load_mimi(), mimi_file, cache_root)
+    return write_pack(out, utterances, cache.encode_all([u.path for u in utterances]), mimi_file, text_delay)
 
-    mimi_file = checkpoint_files(ckpt)["mimi"]
-    cache = CodeCache(load_mimi(ckpt), mimi_file, cache_root)
-    return write_pack(out, utterances, cache.encode_all([u.path for u in utterances]), mimi_file)
 
-
-def read_pack(path: Path, mimi_file: Path) -> tuple[list[dict], list[torch.Tensor]]:
-    """(labels, codes) of a pack; refused if it was made by another Mimi than `mimi_file`."""
+def read_pack(path: Path, mimi_file: Path) -> tuple[list[dict], list[torch.Tensor], float | None]:
+    """(labels, codes, text delay of their dataset) of a pack; refused if it was made by another
+    Mimi than `mimi_file`."""
     import json
     import zlib
 
@@ -110,17 +103,18 @@ def read_pack(path: Path, mimi_file: Path) -> tuple[list[dict], list[torch.Tenso
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
             if metadata.get("format") != PACK_FORMAT:
-                raise ValueError(f"{path}: not a code pack of this version (format {metadata.get('format')!r}); "
+                raise StageError(f"{path}: not a code pack of this version (format {metadata.get('format')!r}); "
                                  "rebuild it with `invoke pack`")
             codes, offsets, packed = f.get_tensor("codes"), f.get_tensor("offsets"), f.get_tensor("labels")
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ValueError(f"{path}: not a readable code pack ({exc.__class__.__name__}); rebuild it with `invoke pack`") from None
+        raise StageError(f"{path}: not a readable code pack ({exc.__class__.__name__}); rebuild it with `invoke pack`") from None
     if metadata.get("mimi_sha256") != sha256_file(mimi_file):
-        raise ValueError(f"{path}: its codes come from another Mimi than {mimi_file}; rebuild the pack with this model")
+        raise StageError(f"{path}: its codes come from another Mimi than {mimi_file}; rebuild the pack with this model")
     labels = json.loads(zlib.decompress(packed.numpy().tobytes()))
     pieces = [codes[:, a:b].long() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
     if len(pieces) != len(labels):
-        raise ValueError(f"{path}: {len(pieces)} code runs for {len(labels)} labels; rebuild it with `invoke pack`")
-    return labels, pieces
+        raise StageError(f"{path}: {len(pieces)} code runs for {len(labels)} labels; rebuild it with `invoke pack`")
+    delay = metadata.get("text_delay")
+    return labels, pieces, None if delay is None else float(delay)

@@ -17,8 +17,11 @@ from typing import Any
 
 import yaml
 
+from .constants import DEFAULT_TEXT_DELAY
+from .errors import StageError
 
-class ConfigError(ValueError):
+
+class ConfigError(StageError):
     """A config file or override that cannot be used; the message names the field."""
 
 
@@ -83,7 +86,8 @@ class DataConfig:
     lead_silence_max: float = doc(
         "Leading silence drawn from 0 to this many seconds (the model may drop a word that starts the audio).", 1.0)
     text_delay: float = doc(
-        "How far the model's text runs behind the audio, in seconds (stt_config.audio_delay_seconds).", 0.5)
+        "How far the model's text runs behind the audio, in seconds: the model's stt_config.audio_delay_seconds "
+        "(`invoke train` refuses a dataset built for another delay).", DEFAULT_TEXT_DELAY)
     tail_margin: float = doc(
         "Every clip has at least text_delay + tail_margin seconds after its last word: a shorter tail "
         "drops the last word's label and teaches the very cut-off this project fixes.", 0.5)

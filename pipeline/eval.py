@@ -74,6 +74,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from .checkpoint import Checkpoint
 from .config import Config
 from .evaluate.metrics import (HypWord, Reference, Rules, Span, decode_words, end_of_turn_flags, error_counts,
                                score_utterance, span_hypotheses, summarize, vad_metrics)
@@ -92,11 +93,11 @@ def rules_of(cfg: Config) -> Rules:
     return Rules(e.pause_head, e.threshold, e.smooth_threshold, e.smooth_half_life, e.smooth_warmup)
 
 
-def resolve_models(cfg: Config) -> tuple[Path, Path]:
-    """(base, candidate) checkpoint directories from `eval.base` / `eval.candidate`."""
+def resolve_models(cfg: Config) -> tuple[Checkpoint, Checkpoint]:
+    """(base, candidate) checkpoints from `eval.base` / `eval.candidate`."""
     from .models import resolve_model
 
-    def resolve(source: str) -> Path:
+    def resolve(source: str) -> Checkpoint:
         return resolve_model(source, cfg.artifacts_dir, cfg.model.revision, cfg.checkpoint.seed)
 
     name = cfg.eval.candidate
@@ -106,11 +107,11 @@ def resolve_models(cfg: Config) -> tuple[Path, Path]:
             stage = "merge" if name == "merged" else "export"
             raise EvalError(f"{candidate}: no {name} checkpoint yet; run `invoke {stage}` first, or set "
                             "eval.candidate to a checkpoint directory, preset or repo id")
-        return resolve(cfg.eval.base or cfg.model.source), candidate
+        return resolve(cfg.eval.base or cfg.model.source), Checkpoint.open(candidate)
     return resolve(cfg.eval.base or cfg.model.source), resolve(name)
 
 
-def _stream_all(ckpt: Path, refs: Sequence[Reference], cfg: Config, label: str) -> list[Streamed]:
+def _stream_all(ckpt: Checkpoint, refs: Sequence[Reference], cfg: Config, label: str) -> list[Streamed]:
     from tqdm import tqdm
 
     from .data.audio import read_audio
@@ -125,7 +126,7 @@ def _stream_all(ckpt: Path, refs: Sequence[Reference], cfg: Config, label: str) 
     return out
 
 
-def evaluate(cfg: Config, base: Path | None = None, candidate: Path | None = None,
+def evaluate(cfg: Config, base: Checkpoint | Path | None = None, candidate: Checkpoint | Path | None = None,
              utterances: Sequence[Any] | None = None) -> Path:
     """Stream every eval utterance through both models, score them, write the report folder
     `cfg.output_path(cfg.eval.out)` atomically and return it.
@@ -141,14 +142,12 @@ def evaluate(cfg: Config, base: Path | None = None, candidate: Path | None = Non
     if base is None or candidate is None:
         default_base, default_candidate = resolve_models(cfg)
         base, candidate = base or default_base, candidate or default_candidate
+    base, candidate = Checkpoint.of(base), Checkpoint.of(candidate)
     start = time.perf_counter()
     rules = rules_of(cfg)
-    runs = {"base": _stream_all(Path(base), refs, cfg, "base"),
-            "candidate": _stream_all(Path(candidate), refs, cfg, "candidate")}
-    from .evaluate.stream import text_delay
-
+    runs = {"base": _stream_all(base, refs, cfg, "base"), "candidate": _stream_all(candidate, refs, cfg, "candidate")}
     meta = {"base": str(base), "candidate": str(candidate), "runtime": cfg.eval.runtime, "data": source,
-            "split": cfg.eval.split, "delay": text_delay(Path(base)), "flush_seconds": cfg.eval.flush_seconds,
+            "split": cfg.eval.split, "delay": base.text_delay, "flush_seconds": cfg.eval.flush_seconds,
             "timings": dict(Counter(r.timing for r in refs)), "seconds": round(time.perf_counter() - start, 1)}
     out = cfg.output_path(cfg.eval.out)
     _score_and_write(out, meta, refs, runs, rules, cfg.eval.plots)

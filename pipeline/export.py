@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoint import legacy_name
+from .checkpoint import Checkpoint, legacy_name
+from .errors import StageError
 from .io import atomic_dir, cast_specs, sha256_file, write_safetensors
-from .models import checkpoint_files
 
 MANIFEST = "manifest.json"
 SERVER_CONFIG = "moshi-server.toml"
 
 
-class ExportError(ValueError):
+class ExportError(StageError):
     """A checkpoint that cannot be exported, or an exported directory that was altered."""
 
 
@@ -41,10 +41,9 @@ def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None) -> None
         write_safetensors(dst, {legacy_name(k): spec for k, spec in specs.items()}, tensors)
 
 
-def server_config(out: Path, config: dict, batch_size: int = 64) -> str:
+def server_config(out: Path, ckpt: Checkpoint, batch_size: int = 64) -> str:
     """moshi-server's `[modules.asr]` section for this model (absolute local paths)."""
-    out = out.resolve()
-    delay = round(config.get("stt_config", {}).get("audio_delay_seconds", 0.5) * 12.5)
+    out, config, delay = out.resolve(), ckpt.config, ckpt.delay_frames
     norm = {"rms_norm_f32": "RmsNorm", "rms_norm": "RmsNorm", "layer_norm": "LayerNorm"}[config["norm"]]
     lines = [
         "# moshi-server ASR module serving this exported model (Kyutai's Rust runtime).",
@@ -97,10 +96,11 @@ def server_config(out: Path, config: dict, batch_size: int = 64) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export(src: Path, out: Path, batch_size: int = 64) -> Path:
+def export(src: Checkpoint | Path, out: Path, batch_size: int = 64) -> Path:
     """Write the runtime directory for checkpoint `src` to `out`; return `out`."""
-    files = checkpoint_files(Path(src))
-    config = {k: v for k, v in json.loads(files["config"].read_text()).items() if not k.startswith("lora")}
+    src = Checkpoint.of(src)
+    files = src.files
+    config = {k: v for k, v in src.config.items() if not k.startswith("lora")}
     if config.get("dep_q", 0) != 0:
         raise ExportError(f"{files['config']}: dep_q = {config['dep_q']}; only STT checkpoints (dep_q = 0) export")
     with atomic_dir(out) as tmp:
@@ -110,7 +110,7 @@ def export(src: Path, out: Path, batch_size: int = 64) -> Path:
         if "mimi_config" in files:
             shutil.copyfile(files["mimi_config"], tmp / files["mimi_config"].name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / SERVER_CONFIG).write_text(server_config(Path(out), config, batch_size))
+        (tmp / SERVER_CONFIG).write_text(server_config(Path(out), src, batch_size))
         manifest = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=2) + "\n")
     return Path(out)

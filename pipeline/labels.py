@@ -40,7 +40,8 @@ from typing import Callable, Sequence
 
 import torch
 
-FRAME_RATE = 12.5
+from .constants import FRAME_RATE
+
 PAD = 3
 EPAD = 0
 IGNORE = -1

@@ -19,14 +19,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .checkpoint import LEGACY_ATTENTION_NAMES, legacy_name, write_checkpoint
+from .checkpoint import LEGACY_ATTENTION_NAMES, Checkpoint, legacy_name, write_checkpoint
+from .errors import StageError
 from .io import cast_specs, write_safetensors
-from .models import checkpoint_files
 
 LORA_KEYS = ("lora", "lora_rank", "lora_scaling", "lora_name")
 
 
-class MergeError(ValueError):
+class MergeError(StageError):
     """An adapter that does not fit the base; the message names the tensor or field."""
 
 
@@ -61,12 +61,18 @@ def read_adapter(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(str(weights)), cfg
 
 
-def merge(base: Path, adapter: Path, out: Path, dtype: torch.dtype | None = None) -> MergeReport:
+MERGED_DTYPES = {"bf16": None, "f32": torch.float32}  # merge.dtype -> LM file dtype (None: the base's own)
+
+
+def merge(base: Checkpoint | Path, adapter: Path, out: Path, dtype: str = "bf16") -> MergeReport:
     """Write the merged checkpoint to `out`; return how much of the update survived rounding.
 
-    `dtype`: of the merged LM file; default the base's own (bf16 for Kyutai's files). float32
-    keeps the exact sum, for parity checks."""
-    files = checkpoint_files(Path(base))
+    `dtype` (merge.dtype): of the merged LM file; 'bf16' keeps the base's own (bf16 for Kyutai's
+    files), 'f32' keeps the exact sum, for parity checks."""
+    if dtype not in MERGED_DTYPES:
+        raise MergeError(f"merge.dtype is {dtype!r}; choose one of {sorted(MERGED_DTYPES)}")
+    base = Checkpoint.of(base)
+    files, dtype = base.files, MERGED_DTYPES[dtype]
     lora, adapter_cfg = read_adapter(adapter)
     scaling, rank = float(adapter_cfg["lora_scaling"]), int(adapter_cfg.get("lora_rank", 0))
     pairs = {k.removesuffix(".lora_A.weight") for k in lora if k.endswith(".lora_A.weight")}
@@ -111,8 +117,8 @@ def merge(base: Path, adapter: Path, out: Path, dtype: torch.dtype | None = None
             specs = cast_specs(f, dtype)
             write_safetensors(path, {legacy_name(k): spec for k, spec in specs.items()}, merged_tensors(f, specs))
 
-    config = {k: v for k, v in json.loads(files["config"].read_text()).items() if k not in LORA_KEYS}
-    write_checkpoint(Path(out), write_lm, config, Path(base), files["lm"].name)
+    config = {k: v for k, v in base.config.items() if k not in LORA_KEYS}
+    write_checkpoint(Path(out), write_lm, config, base, files["lm"].name)
     norm = sums["update"] ** 0.5
     return MergeReport(len(pairs), norm, (sums["kept"] ** 0.5) / norm if norm else 0.0,
                        (sums["error"] ** 0.5) / norm if norm else 0.0)

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Preset, build_checkpoint, small_mimi_config
 from .config import Config
+from .constants import SAMPLE_RATE
+from .errors import StageError
 from .io import atomic_dir
 from .labels import Word, digit_form
+from .presets import Preset, build_checkpoint, small_mimi_config
 
-SPEECH_RATE = 24_000
 
 
 def organism_paths(cfg: Config) -> dict[str, Path]:
@@ -60,16 +61,16 @@ def label_corpus(utterances) -> list[str]:
 
 def fitting_speech(utterances, seconds: float) -> np.ndarray:
     """The first `seconds` of training speech, end to end (what the Mimi codebooks are fitted on)."""
-    from .codes import read_audio
+    from .data.audio import read_audio
 
     clips, total = [], 0
     for u in utterances:
-        clip = read_audio(u.path)[0, 0].numpy()
+        clip = read_audio(u.path, repair=False)
         clips.append(clip)
         total += len(clip)
-        if total >= seconds * SPEECH_RATE:
+        if total >= seconds * SAMPLE_RATE:
             break
-    return np.concatenate(clips)[: int(seconds * SPEECH_RATE)]
+    return np.concatenate(clips)[: int(seconds * SAMPLE_RATE)]
 
 
 def organism_train_config(cfg: Config) -> Config:
@@ -86,7 +87,7 @@ def build_organism(cfg: Config, prepare_only: bool = False) -> Path:
     """`invoke organism`: dataset -> init checkpoint -> code pack -> trained base; returns model/
     (or, with `prepare_only`, the pack: carry it and init/ to a GPU machine and train there)."""
     from .codes import pack_utterances
-    from .data import build_dataset, read_split
+    from .data import build_dataset, dataset_text_delay, read_split
     from .train import train
 
     paths = organism_paths(cfg)
@@ -97,13 +98,14 @@ def build_organism(cfg: Config, prepare_only: bool = False) -> Path:
             build_dataset(cfg)
         utterances = read_split(data, "train")
         if not utterances:
-            raise ValueError(f"{data}/train.jsonl lists no utterances; raise data.count")
+            raise StageError(f"{data}/train.jsonl lists no utterances; raise data.count")
         if not (paths["init"] / "config.json").is_file():
             print(f"building the untrained organism in {paths['init']}")
             speech = fitting_speech(utterances, cfg.organism.fit_seconds)
             build_checkpoint(organism_preset(cfg), "organism", paths["init"], cfg.organism.seed,
                              fit_audio=speech, corpus=label_corpus(utterances))
-        pack_utterances(paths["init"], utterances, paths["pack"], cfg.artifacts_dir / "cache" / "codes")
+        pack_utterances(paths["init"], utterances, paths["pack"], cfg.artifacts_dir / "cache" / "codes",
+                        dataset_text_delay(data))
     if prepare_only:
         return paths["pack"]
     run = train(organism_train_config(cfg), paths["init"], resume=True)

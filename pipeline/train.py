@@ -11,6 +11,7 @@ The run folder holds the resolved config, metrics.jsonl, resumable checkpoints a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,12 +27,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .checkpoint import Checkpoint, write_checkpoint
 from .config import Config, render_config
-from .labels import (EPAD, FRAME_RATE, IGNORE, PAD, PAUSE_HORIZONS, Word, digit_form, frame_of, shift_inputs,
+from .errors import StageError
+from .constants import FRAME_RATE
+from .labels import (EPAD, IGNORE, PAD, PAUSE_HORIZONS, Word, digit_form, frame_of, shift_inputs,
                      utterance_targets, window_piece)
 from .lora import apply_lora, lora_disabled, save_adapter
 
-class TrainingError(RuntimeError):
+class TrainingError(StageError):
     """Training cannot start or must stop; the message says why and what to do."""
 
 
@@ -236,29 +240,33 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def load_samples(cfg: Config, ckpt: Path, device: str) -> tuple[list[Sample], object]:
+def load_samples(cfg: Config, ckpt: Checkpoint, device: str) -> list[Sample]:
     """Training utterances with their Mimi codes: from a code pack, or a dataset folder whose
-    audio is encoded once (cached). Numbers are labelled as `train.number_form` says."""
+    audio is encoded once (cached). Numbers are labelled as `train.number_form` says. A dataset
+    built for another text delay than the model's is refused (its tails were sized for it)."""
     from .codes import CodeCache, read_pack
-    from .data import read_split
+    from .data import dataset_text_delay, read_split
     from .labels import unencodable_summary
-    from .models import checkpoint_files, load_mimi, load_tokenizer
 
     source = cfg.output_path(cfg.train.data)
-    mimi_file = checkpoint_files(ckpt)["mimi"]
+    mimi_file = ckpt.files["mimi"]
     if source.is_file():
-        labels, codes = read_pack(source, mimi_file)
+        labels, codes, delay = read_pack(source, mimi_file)
     else:
         utterances = read_split(source, "train")
+        delay = dataset_text_delay(source)
         labels = [{"path": str(u.path), "alignments": u.alignments, "number_spans": u.number_spans} for u in utterances]
-        cache = CodeCache(load_mimi(ckpt, device), mimi_file, cfg.artifacts_dir / "cache" / "codes", device)
+        cache = CodeCache(ckpt.load_mimi(device), mimi_file, cfg.artifacts_dir / "cache" / "codes", device)
         codes = cache.encode_all([u.path for u in utterances])
     if not labels:
         raise TrainingError(f"{source} holds no training utterances; build a dataset with `invoke data`")
-    tokenizer = load_tokenizer(ckpt)
-    if problem := unencodable_summary(labels, tokenizer.encode):
+    if delay is not None and abs(delay - ckpt.text_delay) > 1e-9:
+        raise TrainingError(f"{source} was built for a text delay of {delay:g} s, but {ckpt} writes its text "
+                            f"{ckpt.text_delay:g} s late; rebuild the dataset with --set data.text_delay="
+                            f"{ckpt.text_delay:g}")
+    if problem := unencodable_summary(labels, ckpt.tokenizer.encode):
         tqdm.write(f"warning: {problem}")
-    return [sample_of(entry, c, cfg.train.number_form) for entry, c in zip(labels, codes)], tokenizer
+    return [sample_of(entry, c, cfg.train.number_form) for entry, c in zip(labels, codes)]
 
 
 def sample_of(labels: dict, codes: torch.Tensor, number_form: str = "words") -> Sample:
@@ -283,46 +291,27 @@ def _latest_checkpoint(run: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] | None = None,
-          tokenizer=None) -> Path:
-    """Fine-tune `ckpt` with LoRA (adapter in `final/`), or train all its weights with
-    `train.method = full` (a complete checkpoint in `final/`); return the run folder."""
-    from safetensors.torch import load_file
+# --- one step ---------------------------------------------------------------------------------------
 
-    from .models import checkpoint_info, has_extra_heads, load_lm
+@dataclass
+class Trainer:
+    """What one optimizer step needs: the model, what it trains, and the loss settings."""
+    lm: torch.nn.Module
+    model: torch.nn.Module  # the forward pass: SttForward, maybe DDP-wrapped and compiled
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    device: str
+    tc: object  # the `train` config section
 
-    tc = cfg.train
-    run = cfg.output_path(tc.out)
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if rank == 0 and run.exists() and any(run.iterdir()) and not resume:
-        raise TrainingError(f"{run} already holds a run; pass --resume to continue it or set train.out elsewhere")
-    if not has_extra_heads(ckpt):
-        raise TrainingError(
-            f"{ckpt} has no extra heads (pause predictors): fine-tuning it would ship a model without "
-            "the VAD. Start from a checkpoint that has them (kyutai/stt-1b-en_fr-candle, not "
-            "kyutai/stt-1b-en_fr), or graft them: `invoke graft-heads --model BASE --heads-from DONOR`")
+    @property
+    def autocast(self) -> bool:
+        return self.device.startswith("cuda")
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if tc.device == "auto" else tc.device
-    if world > 1:
-        torch.distributed.init_process_group("nccl")
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
-    full = tc.method == "full"
-    if full and tc.head_loss == "distill":
-        raise TrainingError("train.head_loss=distill needs a frozen base (method lora); use 'supervised' with method full")
-    # LoRA: the frozen base in bf16 on GPU. Full training keeps float32 master weights (autocast).
-    dtype = torch.bfloat16 if device.startswith("cuda") and not full else torch.float32
 
-    if samples is None:
-        samples, tokenizer = load_samples(cfg, ckpt, device)
-    info = checkpoint_info(ckpt)
-    delay = float(info.stt_config.get("audio_delay_seconds", 0.5))
-    window = int(tc.window_seconds * FRAME_RATE)
-
-    torch.manual_seed(tc.seed)
-    overrides = {"gradient_checkpointing": True} if tc.activation_checkpointing else {}
-    lm = load_lm(ckpt, device=device, dtype=dtype, **overrides)
-    if full:
+def make_trainer(lm: torch.nn.Module, tc, device: str, world: int = 1) -> Trainer:
+    """LoRA on every Linear (or every weight with `method = full`), SDPA's causal path for whole
+    windows, DDP across `world` processes, torch.compile on GPU, AdamW."""
+    if tc.method == "full":
         params = [p.requires_grad_(True) for p in lm.parameters()]
     else:
         params = apply_lora(lm, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
@@ -334,6 +323,111 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
     if tc.compile and device.startswith("cuda"):
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=tc.weight_decay)
+    return Trainer(lm, model, params, optimizer, device, tc)
+
+
+def train_step(trainer: Trainer, batch: Batch, lr: float) -> dict[str, torch.Tensor]:
+    """Forward, loss, backward, clip and optimizer step on one batch. Returns the figures as
+    tensors on the device (reading them synchronizes; the caller decides when)."""
+    tc, device = trainer.tc, trainer.device
+    inputs = batch.inputs.to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.autocast):
+        base_pause = None
+        if tc.head_loss == "distill":
+            with torch.no_grad(), lora_disabled(trainer.lm):
+                base_pause = pause_log_probs(forward_stt(trainer.lm, inputs)[1])[0].exp()
+        text_logits, head_logits = trainer.model(inputs)
+    loss_text = text_loss(text_logits, batch.text.to(device), tc.text_padding_weight)
+    if tc.head_loss == "supervised":
+        loss_head = head_loss(head_logits, batch.pause.to(device), batch.head_mask.to(device))
+    elif tc.head_loss == "distill":
+        keep = (batch.head_mask * (1 - batch.number_mask)).to(device)
+        loss_head = head_loss(head_logits, base_pause, keep)
+    else:
+        loss_head = torch.zeros((), device=device)
+    loss = loss_text + tc.head_loss_weight * loss_head
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+    trainer.optimizer.step()
+    return {"loss": loss.detach(), "text_loss": loss_text.detach(), "head_loss": loss_head.detach(),
+            "grad_norm": grad_norm}
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+# Fields a resumed run may change: what is written, and how long it runs (a run may be
+# extended; the schedule then follows the new length from the resumed step on).
+RESUMABLE_CHANGES = {"train.log_every", "train.save_every", "train.steps"}
+
+
+def changed_fields(saved: Config, current: Config) -> list[str]:
+    """'section.field: saved -> current' for every field of `model` and `train` that differs."""
+    out = []
+    for section in ("model", "train"):
+        old, new = dataclasses.asdict(getattr(saved, section)), dataclasses.asdict(getattr(current, section))
+        for key in old:
+            name = f"{section}.{key}"
+            if old[key] != new.get(key) and name not in RESUMABLE_CHANGES:
+                out.append(f"{name}: {old[key]!r} -> {new.get(key)!r}")
+    return out
+
+
+def _check_run_folder(cfg: Config, run: Path, resume: bool) -> None:
+    from .config import load_config
+
+    if not resume:
+        if run.exists() and any(run.iterdir()):
+            raise TrainingError(f"{run} already holds a run; pass --resume to continue it or set train.out elsewhere")
+        return
+    saved = run / "config.yaml"
+    if saved.is_file() and (changes := changed_fields(load_config(saved), cfg)):
+        raise TrainingError(f"{saved}: --resume with a changed config ({'; '.join(changes)}); "
+                            "resume with the saved config, or start a new run in another train.out")
+
+
+def _device(tc, world: int) -> str:
+    if world > 1:
+        torch.distributed.init_process_group("nccl")
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+        return device
+    return ("cuda" if torch.cuda.is_available() else "cpu") if tc.device == "auto" else tc.device
+
+
+def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: list[Sample] | None = None) -> Path:
+    """Fine-tune `ckpt` with LoRA (adapter in `final/`), or train all its weights with
+    `train.method = full` (a complete checkpoint in `final/`); return the run folder."""
+    from safetensors.torch import load_file
+
+    ckpt = Checkpoint.of(ckpt)
+    tc = cfg.train
+    run = cfg.output_path(tc.out)
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if rank == 0:
+        _check_run_folder(cfg, run, resume)
+    if not ckpt.has_extra_heads:
+        raise TrainingError(
+            f"{ckpt} has no extra heads (pause predictors): fine-tuning it would ship a model without "
+            "the VAD. Start from a checkpoint that has them (kyutai/stt-1b-en_fr-candle, not "
+            "kyutai/stt-1b-en_fr), or graft them: `invoke graft-heads --model BASE --heads-from DONOR`")
+    full = tc.method == "full"
+    if full and tc.head_loss == "distill":
+        raise TrainingError("train.head_loss=distill needs a frozen base (method lora); use 'supervised' with method full")
+
+    device = _device(tc, world)
+    # LoRA: the frozen base in bf16 on GPU. Full training keeps float32 master weights (autocast).
+    dtype = torch.bfloat16 if device.startswith("cuda") and not full else torch.float32
+    if samples is None:
+        samples = load_samples(cfg, ckpt, device)
+    window = int(tc.window_seconds * FRAME_RATE)
+
+    torch.manual_seed(tc.seed)
+    overrides = {"gradient_checkpointing": True} if tc.activation_checkpointing else {}
+    trainer = make_trainer(ckpt.load_lm(device=device, dtype=dtype, **overrides), tc, device, world)
+    lm = trainer.lm
 
     start = 0
     last = _latest_checkpoint(run) if resume else None
@@ -344,15 +438,15 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
         if result.unexpected_keys:
             raise TrainingError(f"{last}/lora.safetensors does not match this model "
                                 f"(unexpected {sorted(result.unexpected_keys)[:3]}); start a new run")
-        optimizer.load_state_dict(state["optimizer"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         print(f"resuming {run} from step {start}")
     if rank == 0:
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(render_config(cfg))
 
-    base_config = dict(info.raw_config)
-    encode = tokenizer.encode
+    base_config = dict(ckpt.config)
+    encode = ckpt.tokenizer.encode
     stream = batch_stream(samples, window, tc.batch_size, tc.seed, rank, world, skip=start)
     metrics = open(run / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=rank != 0)
@@ -360,47 +454,28 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
     try:
         while step < tc.steps:
             tick = time.perf_counter()
-            batch = make_batch(next(stream), samples, window, encode, lm.text_card, lm.card, delay)
-            inputs = batch.inputs.to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                base_pause = None
-                if tc.head_loss == "distill":
-                    with torch.no_grad(), lora_disabled(lm):
-                        base_pause = pause_log_probs(forward_stt(lm, inputs)[1])[0].exp()
-                text_logits, head_logits = model(inputs)
-            loss_text = text_loss(text_logits, batch.text.to(device), tc.text_padding_weight)
-            if tc.head_loss == "supervised":
-                loss_head = head_loss(head_logits, batch.pause.to(device), batch.head_mask.to(device))
-            elif tc.head_loss == "distill":
-                keep = (batch.head_mask * (1 - batch.number_mask)).to(device)
-                loss_head = head_loss(head_logits, base_pause, keep)
-            else:
-                loss_head = torch.zeros((), device=device)
-            loss = loss_text + tc.head_loss_weight * loss_head
-            if not torch.isfinite(loss):
+            batch = make_batch(next(stream), samples, window, encode, lm.text_card, lm.card, ckpt.text_delay)
+            out = train_step(trainer, batch, lr_at(step, tc))
+            loss = out["loss"].item()
+            if not math.isfinite(loss):
                 keep = _latest_checkpoint(run)
-                raise TrainingError(f"loss is {loss.item()} at step {step}; stopped. Last good checkpoint: "
+                raise TrainingError(f"loss is {loss} at step {step}; stopped. Last good checkpoint: "
                                     f"{keep or 'none'}. Lower train.lr or check the data")
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, tc)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            optimizer.step()
             step += 1
             elapsed = time.perf_counter() - tick
             total_frames = batch.inputs.shape[0] * window
             if metrics and step % tc.log_every == 0:
-                record = {"step": step, "loss": loss.item(), "text_loss": loss_text.item(),
-                          "head_loss": loss_head.item(), "lr": lr_at(step - 1, tc), "grad_norm": grad_norm.item(),
+                record = {"step": step, "loss": loss, "text_loss": out["text_loss"].item(),
+                          "head_loss": out["head_loss"].item(), "lr": lr_at(step - 1, tc),
+                          "grad_norm": out["grad_norm"].item(),
                           "frames_per_s": round(batch.real_frames * world / elapsed, 1),
                           "padding_pct": round(100 * (1 - batch.real_frames / total_frames), 2), **_memory()}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             if rank == 0 and (step % tc.save_every == 0 or step == tc.steps):
-                _save(run, step, lm, optimizer, base_config, tc, full)
+                _save(run, step, lm, trainer.optimizer, base_config, tc, full)
     finally:
         bar.close()
         if metrics:
@@ -408,12 +483,10 @@ def train(cfg: Config, ckpt: Path, resume: bool = False, samples: list[Sample] |
         if world > 1:
             torch.distributed.destroy_process_group()
     if rank == 0 and full:
-        from .checkpoint import write_checkpoint
-
         state = {k: v.detach().to("cpu", torch.bfloat16) for k, v in lm.state_dict().items()}
         config = {**base_config, "model_id": {"origin": f"trained by stt-numerals (train.method=full, "
                                                         f"number_form={tc.number_form}, {tc.steps} steps) "
-                                                        f"from {Path(ckpt).name}"}}
+                                                        f"from {ckpt.path.name}"}}
         write_checkpoint(run / "final", state, config, ckpt)
     elif rank == 0:
         save_adapter(run / "final", lm, base_config, tc.lora_rank, tc.lora_scaling, tc.ft_embed)
@@ -438,6 +511,21 @@ def _save(run: Path, step: int, lm, optimizer, base_config: dict, tc, full: bool
         shutil.rmtree(old, ignore_errors=True)
 
 
+def launch(cfg: Config, ckpt: Checkpoint, gpus: int, resume: bool = False) -> int:
+    """`train` on `gpus` GPUs: one torchrun process each (DDP); returns torchrun's exit code.
+    The resolved config travels in a temporary YAML file, removed afterwards."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(render_config(cfg))
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}",
+               "-m", "pipeline.train", str(config), str(ckpt.path)] + (["--resume"] if resume else [])
+        return subprocess.run(cmd).returncode
+
+
 def main() -> None:
     """Entry point for torchrun: `torchrun --nproc-per-node N -m pipeline.train CONFIG CKPT [--resume]`."""
     import sys
@@ -445,7 +533,7 @@ def main() -> None:
     from .config import load_config
 
     args = sys.argv[1:]
-    train(load_config(args[0]), Path(args[1]), resume="--resume" in args)
+    train(load_config(args[0]), Checkpoint.open(args[1]), resume="--resume" in args)
 
 
 if __name__ == "__main__":

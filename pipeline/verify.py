@@ -26,11 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import Checkpoint
+from .constants import FRAME_SAMPLES
+from .errors import StageError
+
 PROBLEMS = ("missing", "unexpected", "wrong_shape", "wrong_dtype")
 
 
-class VerificationFailed(RuntimeError):
+class VerificationFailed(StageError):
     """The checkpoint does not load cleanly in the Rust runtime; the message is the table."""
+
+    exit_code = 1  # the checks ran and found problems, as opposed to input that could not be used
 
 
 def candle_report(ckpt: str | Path, lm_dtype: str = "bf16") -> dict:
@@ -96,7 +102,7 @@ def verify_candle(ckpt: str | Path, lm_dtype: str = "bf16", audio: np.ndarray | 
 
 # --- streaming parity --------------------------------------------------------------------------
 
-FRAME = 1920
+FRAME = FRAME_SAMPLES
 LOGIT_TOLERANCE = 1e-3  # float32 max |delta logit|; the aim is 1e-4
 BF16_TOKEN_AGREEMENT = 0.99
 # Random-weight Mimis put some latents within float32 noise of two codes, so even PyTorch's
@@ -123,26 +129,24 @@ class Parity:
 
 def test_audio(seconds: float = 17.0, seed: int = 7) -> np.ndarray:
     """Deterministic speech-like audio, a whole number of frames (>= 200 steps at 17 s)."""
-    from .checkpoint import synthetic_audio
+    from .presets import synthetic_audio
 
     audio = synthetic_audio(seconds, seed)
     return audio[: len(audio) // FRAME * FRAME]
 
 
-def torch_codes(ckpt: Path, audio: np.ndarray):
+def torch_codes(ckpt: Checkpoint | Path, audio: np.ndarray):
     """PyTorch moshi's streaming Mimi codes, [T, n_q]."""
     import torch
 
-    from .models import load_mimi
-
-    mimi = load_mimi(ckpt)
+    mimi = Checkpoint.of(ckpt).load_mimi()
     pcm = torch.from_numpy(audio)[None, None]
     with torch.no_grad(), mimi.streaming(1):
         frames = [mimi.encode(pcm[..., i:i + FRAME]) for i in range(0, pcm.shape[-1], FRAME)]
     return torch.cat(frames, dim=-1)[0].T.numpy()
 
 
-def torch_stream(ckpt: Path, codes: np.ndarray, dtype: str = "f32",
+def torch_stream(ckpt: Checkpoint | Path, codes: np.ndarray, dtype: str = "f32",
                  forced_text: np.ndarray | None = None) -> StreamOutputs:
     """Greedy streaming in PyTorch with the Rust runtime's input convention (see module doc).
 
@@ -150,9 +154,7 @@ def torch_stream(ckpt: Path, codes: np.ndarray, dtype: str = "f32",
     decision is compared on identical inputs even after an earlier disagreement."""
     import torch
 
-    from .models import load_lm
-
-    lm = load_lm(ckpt, dtype=torch.float32 if dtype == "f32" else torch.bfloat16)
+    lm = Checkpoint.of(ckpt).load_lm(dtype=torch.float32 if dtype == "f32" else torch.bfloat16)
     text, audio_prev = lm.text_card, torch.full((lm.n_q,), lm.card, dtype=torch.long)
     tokens, logits, pause = [], [], []
     with torch.no_grad(), lm.streaming(1):
@@ -192,6 +194,7 @@ def streaming_parity(ckpt: Path, audio: np.ndarray | None = None) -> tuple[float
     import candle_bridge
 
     audio = test_audio() if audio is None else audio
+    ckpt = Checkpoint.of(ckpt)
     codes = torch_codes(ckpt, audio)
     candle_codes = candle_bridge.Streamer(str(ckpt)).encode_pcm(audio.astype(np.float32))
     mimi_agreement = float((codes == candle_codes).mean()) if codes.shape == candle_codes.shape else 0.0
@@ -220,10 +223,9 @@ def _measure(runtime: str, ckpt: str) -> dict:
     if runtime == "torch":
         import torch
 
-        from .models import load_lm, load_mimi
-
-        lm = load_lm(ckpt, dtype=torch.bfloat16)
-        load_mimi(ckpt)
+        ckpt = Checkpoint.open(ckpt)
+        lm = ckpt.load_lm(dtype=torch.bfloat16)
+        ckpt.load_mimi()
         params = sum(p.numel() for p in lm.parameters())
     else:
         report = candle_report(ckpt)

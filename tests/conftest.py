@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoint import make_checkpoint
+from pipeline.presets import make_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.checkpoint import synthetic_audio
+from pipeline.checkpoint import Checkpoint
+from pipeline.presets import synthetic_audio
 from pipeline.config import load_config
 from pipeline.data import DataError, build_dataset, check_dataset, read_split
 from pipeline.data.audio import AudioError, read_audio, resample, write_wav
@@ -132,10 +133,10 @@ def test_check_names_bad_audio(dataset, kind):
 # --- audio: the trainer ---------------------------------------------------------------------------
 
 TRAIN = {
-    "corrupt": "cannot read audio",
-    "empty file": "cannot read audio",
-    "zero-length": "audio is empty or contains NaN/inf; re-create or remove it",
-    "NaN": "audio is empty or contains NaN/inf; re-create or remove it",
+    "corrupt": "cannot decode audio",
+    "empty file": "empty file (0 bytes); re-export it or remove it",
+    "zero-length": "the file holds no audio (0 samples); re-record it or remove it",
+    "NaN": "audio contains NaN or infinite samples; re-export it or remove it",
     "clipped": "of samples at or beyond full scale); re-record it at a lower level or remove it",
     "beyond full scale": "of samples at or beyond full scale); re-record it at a lower level or remove it",
     "stereo": "audio is 24000 Hz with 2 channel(s); training needs mono 24000 Hz",
@@ -155,7 +156,7 @@ def test_trainer_refuses_bad_audio(dataset, tmp_path, tiny_ckpt, kind):
 
     path = _write(kind, dataset / "train" / "00000.wav", _synthetic())
     with pytest.raises(ValueError) as err:
-        load_samples(_train_cfg(tmp_path, dataset), tiny_ckpt, "cpu")
+        load_samples(_train_cfg(tmp_path, dataset), Checkpoint.open(tiny_ckpt), "cpu")
     assert str(err.value).startswith(f"{path}: ") and TRAIN[kind] in str(err.value)
     assert "remove it" in str(err.value) or "`invoke data`" in str(err.value)  # what to do
     _one_line(str(err.value), path)
@@ -392,7 +393,8 @@ def test_trainer_warns_about_words_the_tokenizer_cannot_encode(dataset, tmp_path
     from pipeline.train import load_samples
 
     _relabel(dataset, lambda lab: lab["alignments"][1].__setitem__(0, "\ufeff"))  # BOM: no token
-    samples, tokenizer = load_samples(_train_cfg(tmp_path, dataset), tiny_ckpt, "cpu")
+    samples = load_samples(_train_cfg(tmp_path, dataset), Checkpoint.open(tiny_ckpt), "cpu")
+    tokenizer = Checkpoint.open(tiny_ckpt).tokenizer
     out = capsys.readouterr().out
     audio = dataset / "train" / "00000.wav"
     assert (f"warning: 1 word(s) in 1 utterance(s) the tokenizer cannot encode are left out of the labels "

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pipeline import checkpoint as ck
-from pipeline.models import checkpoint_info, load_lm, load_mimi, load_tokenizer
+from pipeline import presets as ck
+from pipeline.checkpoint import Checkpoint, graft_heads, to_legacy_names
 
 KYUTAI_CONFIG_KEYS = {
     "dim", "num_heads", "num_layers", "hidden_scale", "context", "max_period", "n_q", "dep_q",
@@ -62,9 +62,9 @@ def test_lm_file_is_bf16_with_legacy_attention_names_and_heads(tiny_ckpt):
 
 
 def test_loads_strictly_with_moshi_loaders(tiny_ckpt):
-    lm = load_lm(tiny_ckpt)
+    lm = Checkpoint.open(tiny_ckpt).load_lm()
     file_tensors = _tensors(tiny_ckpt / "model.safetensors")
-    state = ck.to_legacy_names(lm.state_dict())
+    state = to_legacy_names(lm.state_dict())
     assert set(state) == set(file_tensors)
     for name, value in file_tensors.items():
         assert torch.equal(state[name].to(torch.bfloat16), value), name
@@ -72,7 +72,7 @@ def test_loads_strictly_with_moshi_loaders(tiny_ckpt):
 
 
 def test_tokenizer_special_ids_and_coverage(tiny_ckpt):
-    tok = load_tokenizer(tiny_ckpt)
+    tok = Checkpoint.open(tiny_ckpt).tokenizer
     config = json.loads((tiny_ckpt / "config.json").read_text())
     assert tok.id_to_piece(0) == "<unk>" and tok.id_to_piece(3) == "<pad>"
     assert tok.vocab_size() <= config["text_card"]
@@ -84,12 +84,12 @@ def test_tokenizer_special_ids_and_coverage(tiny_ckpt):
 
 def test_mimi_codes_carry_information(tiny_ckpt):
     """Fitted codebooks: real audio gives varied codes, different audio gives different codes."""
-    mimi = load_mimi(tiny_ckpt)
+    mimi = Checkpoint.open(tiny_ckpt).load_mimi()
     a = torch.from_numpy(ck.synthetic_audio(4.0, seed=11))[None, None]
     b = torch.from_numpy(ck.synthetic_audio(4.0, seed=12))[None, None]
     with torch.no_grad():
         codes_a, codes_b = mimi.encode(a), mimi.encode(b)
-    n_q = checkpoint_info(tiny_ckpt).lm_config["n_q"]
+    n_q = Checkpoint.open(tiny_ckpt).info.lm_config["n_q"]
     assert codes_a.shape == (1, n_q, 50)
     distinct = [len(torch.unique(codes_a[0, k])) for k in range(n_q)]
     assert min(distinct) > 1 and np.mean(distinct) > 10, distinct
@@ -99,7 +99,7 @@ def test_mimi_codes_carry_information(tiny_ckpt):
 def test_streams_with_extra_heads(tiny_ckpt):
     from moshi.models.lm import LMGen
 
-    lm, mimi = load_lm(tiny_ckpt), load_mimi(tiny_ckpt)
+    lm, mimi = Checkpoint.open(tiny_ckpt).load_lm(), Checkpoint.open(tiny_ckpt).load_mimi()
     audio = torch.from_numpy(ck.synthetic_audio(1.0, seed=3))[None, None, : 12 * 1920]
     gen = LMGen(lm, temp=0, temp_text=0)
     steps = 0
@@ -147,8 +147,6 @@ def test_unknown_preset_is_refused(tmp_path):
 def test_heads_can_be_grafted_onto_a_checkpoint_without_them(tiny_ckpt, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from pipeline.models import has_extra_heads
-
     headless = tmp_path / "headless"
     ck.make_checkpoint("tiny", headless, seed=3)
     config = json.loads((headless / "config.json").read_text())
@@ -157,11 +155,11 @@ def test_heads_can_be_grafted_onto_a_checkpoint_without_them(tiny_ckpt, tmp_path
     state = {k: v.clone() for k, v in load_file(str(headless / "model.safetensors")).items()
              if not k.startswith("extra_heads")}  # clones: the file is rewritten below
     save_file(state, str(headless / "model.safetensors"))
-    assert not has_extra_heads(headless)
+    assert not Checkpoint.open(headless).has_extra_heads
 
-    out = ck.graft_heads(headless, tiny_ckpt, tmp_path / "grafted")
-    assert has_extra_heads(out)
+    out = graft_heads(headless, tiny_ckpt, tmp_path / "grafted")
+    assert Checkpoint.open(out).has_extra_heads
     grafted, donor = _tensors(out / "model.safetensors"), _tensors(tiny_ckpt / "model.safetensors")
     assert torch.equal(grafted["extra_heads.2.weight"], donor["extra_heads.2.weight"])
     assert torch.equal(grafted["text_linear.weight"], state["text_linear.weight"])
-    assert len(load_lm(out).extra_heads) == 4  # strict moshi load
+    assert len(Checkpoint.open(out).load_lm().extra_heads) == 4  # strict moshi load

@@ -1,10 +1,11 @@
-"""Training audio is read strictly: anything but finite mono 24 kHz audio is refused by name."""
+"""Training audio is read strictly: anything but finite mono 24 kHz audio is refused by name
+(the one `read_audio`, with `repair=False`)."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.codes import read_audio
+from pipeline.codes import training_audio as read_audio
 
 
 def _write(path, audio, rate):
@@ -20,8 +21,8 @@ def test_mono_24k_is_read(tmp_path):
 @pytest.mark.parametrize("name, audio, rate, message", [
     ("stereo.wav", np.zeros((2400, 2), dtype=np.float32), 24000, "with 2 channel"),
     ("16k.wav", np.zeros(1600, dtype=np.float32), 16000, "16000 Hz"),
-    ("empty.wav", np.zeros(0, dtype=np.float32), 24000, "empty or contains NaN"),
-    ("nan.wav", np.full(2400, np.nan, dtype=np.float32), 24000, "empty or contains NaN"),
+    ("empty.wav", np.zeros(0, dtype=np.float32), 24000, "holds no audio"),
+    ("nan.wav", np.full(2400, np.nan, dtype=np.float32), 24000, "contains NaN or infinite samples"),
 ])
 def test_bad_audio_is_refused_by_name(tmp_path, name, audio, rate, message):
     path = tmp_path / name
@@ -34,7 +35,7 @@ def test_bad_audio_is_refused_by_name(tmp_path, name, audio, rate, message):
 def test_corrupt_file_is_refused_by_name(tmp_path):
     path = tmp_path / "corrupt.wav"
     path.write_bytes(b"RIFF\x00\x00not audio")
-    with pytest.raises(ValueError, match="corrupt.wav: cannot read audio"):
+    with pytest.raises(ValueError, match="corrupt.wav: cannot decode audio"):
         read_audio(path)
 
 
@@ -49,16 +50,16 @@ def _utterance(path, words):
 def test_code_pack_round_trips_codes_and_labels(tmp_path, tiny_ckpt):
     import torch
 
+    from pipeline.checkpoint import Checkpoint
     from pipeline.codes import read_pack, write_pack
-    from pipeline.models import checkpoint_files
     from pipeline.train import sample_of
 
-    mimi_file = checkpoint_files(tiny_ckpt)["mimi"]
+    mimi_file = Checkpoint.open(tiny_ckpt).files["mimi"]
     codes = [torch.randint(0, 64, (8, n)) for n in (5, 9)]
     utts = [_utterance(tmp_path / f"{i}.wav", ["order", "one", "two."]) for i in range(2)]
-    pack = write_pack(tmp_path / "train.pack.safetensors", utts, codes, mimi_file)
-    labels, read = read_pack(pack, mimi_file)
-    assert [c.tolist() for c in read] == [c.tolist() for c in codes]
+    pack = write_pack(tmp_path / "train.pack.safetensors", utts, codes, mimi_file, text_delay=0.5)
+    labels, read, delay = read_pack(pack, mimi_file)
+    assert [c.tolist() for c in read] == [c.tolist() for c in codes] and delay == 0.5
     sample = sample_of(labels[1], read[1], "digits")
     assert [w.text for w in sample.words] == ["order", "12."] and sample.numbers == [(0.4, 0.95)]
 
@@ -66,11 +67,11 @@ def test_code_pack_round_trips_codes_and_labels(tmp_path, tiny_ckpt):
 def test_code_pack_from_another_mimi_is_refused(tmp_path, tiny_ckpt):
     import torch
 
+    from pipeline.checkpoint import Checkpoint
     from pipeline.codes import read_pack, write_pack
-    from pipeline.models import checkpoint_files
 
     pack = write_pack(tmp_path / "p.safetensors", [_utterance(tmp_path / "a.wav", ["a", "one", "two"])],
-                      [torch.zeros(8, 3, dtype=torch.long)], checkpoint_files(tiny_ckpt)["mimi"])
+                      [torch.zeros(8, 3, dtype=torch.long)], Checkpoint.open(tiny_ckpt).files["mimi"])
     other = tmp_path / "other-mimi.safetensors"
     other.write_bytes(b"not the same weights")
     with pytest.raises(ValueError, match="another Mimi"):

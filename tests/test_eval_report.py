@@ -47,7 +47,7 @@ def candidate(tiny_ckpt, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """A dataset folder in `invoke data`'s layout: speech-like audio, word timings, number spans."""
-    from pipeline.checkpoint import synthetic_audio
+    from pipeline.presets import synthetic_audio
     from pipeline.data.audio import write_wav
 
     folder = tmp_path_factory.mktemp("data")
@@ -121,7 +121,7 @@ def test_report_on_the_tiny_default(tiny_ckpt, candidate, dataset, tmp_path):
 
 def test_torch_runtime_limit_and_given_utterances(tiny_ckpt, tmp_path):
     """PyTorch's streaming Mimi is slow on a CPU (~0.1 s a frame), so one short clip."""
-    from pipeline.checkpoint import synthetic_audio
+    from pipeline.presets import synthetic_audio
     from pipeline.data import Utterance
     from pipeline.data.audio import write_wav
 

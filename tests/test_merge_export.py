@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline import train as tr
-from pipeline.checkpoint import synthetic_audio
+from pipeline.presets import synthetic_audio
 from pipeline.export import SERVER_CONFIG, check_manifest, export
 from pipeline.lora import apply_lora, save_adapter
 from pipeline.merge import MergeError, merge
-from pipeline.models import checkpoint_info, load_lm, load_mimi
+from pipeline.checkpoint import Checkpoint
 
 RANK, SCALING = 4, 2.0
 
@@ -21,13 +21,13 @@ RANK, SCALING = 4, 2.0
 def adapter(tiny_ckpt, tmp_path_factory):
     """A LoRA with non-zero B on every Linear, saved the way `invoke train` saves it."""
     torch.manual_seed(0)
-    lm = load_lm(tiny_ckpt)
+    lm = Checkpoint.open(tiny_ckpt).load_lm()
     apply_lora(lm, RANK, SCALING)
     for name, param in lm.named_parameters():
         if ".lora_B." in name:
             torch.nn.init.normal_(param, std=0.05)
     out = tmp_path_factory.mktemp("adapter") / "final"
-    save_adapter(out, lm, checkpoint_info(tiny_ckpt).raw_config, RANK, SCALING, ft_embed=False)
+    save_adapter(out, lm, Checkpoint.open(tiny_ckpt).info.raw_config, RANK, SCALING, ft_embed=False)
     return out, lm
 
 
@@ -35,7 +35,7 @@ def adapter(tiny_ckpt, tmp_path_factory):
 def codes(tiny_ckpt):
     audio = torch.from_numpy(synthetic_audio(8.0, seed=21))[None, None]
     with torch.no_grad():
-        return load_mimi(tiny_ckpt).encode(audio)
+        return Checkpoint.open(tiny_ckpt).load_mimi().encode(audio)
 
 
 def _inputs(codes, lm):
@@ -45,9 +45,9 @@ def _inputs(codes, lm):
 
 def test_float32_merge_equals_base_plus_unmerged_lora(tiny_ckpt, adapter, codes, tmp_path):
     adapter_dir, unmerged = adapter
-    report = merge(tiny_ckpt, adapter_dir, tmp_path / "m32", dtype=torch.float32)
+    report = merge(tiny_ckpt, adapter_dir, tmp_path / "m32", dtype="f32")
     assert report.tensors_updated == 2 * 4 + 1 + 4  # 4 Linears per layer x 2, text_linear, 4 heads
-    merged = load_lm(tmp_path / "m32")
+    merged = Checkpoint.open(tmp_path / "m32").load_lm()
     with torch.no_grad():
         a_text, a_heads = tr.forward_stt(merged, _inputs(codes, merged))
         b_text, b_heads = tr.forward_stt(unmerged, _inputs(codes, merged))
@@ -60,11 +60,11 @@ def test_bf16_merge_keeps_greedy_tokens_and_reports_rounding(tiny_ckpt, adapter,
     report = merge(tiny_ckpt, adapter_dir, tmp_path / "m16")
     assert {v.dtype for v in load_file(str(tmp_path / "m16" / "model.safetensors")).values()} == {torch.bfloat16}
     assert 0.9 < report.kept_fraction < 1.1 and 0 < report.rounding_error < 0.2
-    merged = load_lm(tmp_path / "m16")
+    merged = Checkpoint.open(tmp_path / "m16").load_lm()
     with torch.no_grad():
         merged_logits = tr.forward_stt(merged, _inputs(codes, merged))[0]
         lora_logits = tr.forward_stt(unmerged, _inputs(codes, merged))[0]
-        base_tokens = tr.forward_stt(load_lm(tiny_ckpt), _inputs(codes, merged))[0].argmax(-1)
+        base_tokens = tr.forward_stt(Checkpoint.open(tiny_ckpt).load_lm(), _inputs(codes, merged))[0].argmax(-1)
     merged_tokens, lora_tokens = merged_logits.argmax(-1), lora_logits.argmax(-1)
     assert (base_tokens != lora_tokens).any()  # the adapter matters, so the check has teeth
     assert (merged_tokens == lora_tokens).float().mean() >= 0.99
@@ -80,7 +80,7 @@ def test_merged_config_has_no_lora_keys_and_loads_strictly(tiny_ckpt, adapter, t
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert not any(k.startswith("lora") for k in config)
     assert json.loads((adapter[0] / "config.json").read_text())["lora"] is True
-    load_lm(tmp_path / "m")  # strict moshi loader
+    Checkpoint.open(tmp_path / "m").load_lm()  # strict moshi loader
     for name in ("mimi-tiny.safetensors", "mimi-tiny.json", "tokenizer_en_fr_audio_1000.model"):
         assert (tmp_path / "m" / name).is_file()
 
@@ -111,7 +111,7 @@ def test_adapter_rank_must_match_its_config(tiny_ckpt, adapter, tmp_path):
 
 def test_export_writes_rust_names_bf16_manifest_and_server_config(tiny_ckpt, adapter, tmp_path):
     merged = tmp_path / "merged"
-    merge(tiny_ckpt, adapter[0], merged, dtype=torch.float32)
+    merge(tiny_ckpt, adapter[0], merged, dtype="f32")
     # A checkpoint saved with PyTorch's own names must come out with the Rust names.
     state = {k: v.clone() for k, v in load_file(str(merged / "model.safetensors")).items()}
     state = {k.replace("in_proj_weight", "in_projs.0.weight"): v for k, v in state.items()}
@@ -128,7 +128,7 @@ def test_export_writes_rust_names_bf16_manifest_and_server_config(tiny_ckpt, ada
     assert server["asr_delay_in_tokens"] == 6
     assert server["model"]["extra_heads"] == {"num_heads": 4, "dim": 6}
     assert server["model"]["text_out_vocab_size"] == 1000 and server["model"]["audio_codebooks"] == 8
-    load_lm(out)  # and it still loads in PyTorch moshi
+    Checkpoint.open(out).load_lm()  # and it still loads in PyTorch moshi
 
 
 def test_altered_export_is_caught_by_the_manifest(tiny_ckpt, tmp_path):

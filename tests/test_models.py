@@ -5,6 +5,7 @@ import json
 import pytest
 
 from pipeline import models
+from pipeline.checkpoint import Checkpoint
 from pipeline.models import ModelError, resolve_model
 
 
@@ -19,13 +20,13 @@ def test_preset_is_built_on_first_use_then_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "make_checkpoint", counting)
     first = resolve_model("tiny", tmp_path)
     second = resolve_model("tiny", tmp_path)
-    assert first == second == tmp_path / "checkpoints" / "tiny"
+    assert first.path == second.path == tmp_path / "checkpoints" / "tiny"
     assert len(built) == 1
-    assert (first / "config.json").is_file()
+    assert first.files["config"] == first.path / "config.json" and first.files["config"].is_file()
 
 
 def test_local_directory_is_used_as_is(tiny_ckpt):
-    assert resolve_model(str(tiny_ckpt)) == tiny_ckpt
+    assert resolve_model(str(tiny_ckpt)).path == tiny_ckpt
 
 
 def test_hub_id_downloads_the_checkpoint_files(tiny_ckpt, monkeypatch):
@@ -38,7 +39,7 @@ def test_hub_id_downloads_the_checkpoint_files(tiny_ckpt, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    assert resolve_model("kyutai/stt-1b-en_fr-candle", revision="main") == tiny_ckpt
+    assert resolve_model("kyutai/stt-1b-en_fr-candle", revision="main").path == tiny_ckpt
     assert calls["repo_id"] == "kyutai/stt-1b-en_fr-candle" and calls["revision"] == "main"
     assert "config.json" in calls["allow_patterns"] and "*.safetensors" in calls["allow_patterns"]
 
@@ -91,15 +92,15 @@ def test_non_stt_checkpoint_is_refused(tiny_copy):
     config["dep_q"] = 8
     (tiny_copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="dep_q is 8"):
-        models.checkpoint_info(tiny_copy)
+        Checkpoint.open(tiny_copy).info
 
 
 def test_extra_heads_are_detected(tiny_copy):
-    assert models.has_extra_heads(tiny_copy)
+    assert Checkpoint.open(tiny_copy).has_extra_heads
     config = json.loads((tiny_copy / "config.json").read_text())
     config["extra_heads_num_heads"] = 0
     (tiny_copy / "config.json").write_text(json.dumps(config))
-    assert not models.has_extra_heads(tiny_copy)
+    assert not Checkpoint.open(tiny_copy).has_extra_heads
 
 
 def test_pickle_weights_are_refused(tiny_copy):

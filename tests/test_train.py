@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline import train as tr
-from pipeline.checkpoint import synthetic_audio
+from pipeline.presets import synthetic_audio
 from pipeline.config import load_config
 from pipeline.labels import Word
-from pipeline.models import load_lm, load_mimi, load_tokenizer
+from pipeline.checkpoint import Checkpoint
 
 WORDS = ["order", "number", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "please"]
 
@@ -19,7 +19,7 @@ WORDS = ["order", "number", "one", "two", "three", "four", "five", "six", "seven
 @pytest.fixture(scope="module")
 def samples(tiny_ckpt):
     """Twelve synthetic utterances: Mimi codes of speech-like audio plus word timings."""
-    mimi = load_mimi(tiny_ckpt)
+    mimi = Checkpoint.open(tiny_ckpt).load_mimi()
     rng = random.Random(0)
     out = []
     for i in range(12):
@@ -71,7 +71,7 @@ def test_epoch_batches_are_deterministic_and_sharded(samples):
 
 
 def test_batch_targets_line_up_with_the_audio(samples, tiny_ckpt):
-    tok = load_tokenizer(tiny_ckpt)
+    tok = Checkpoint.open(tiny_ckpt).tokenizer
     n0, n1 = samples[0].frames, samples[1].frames
     batch = tr.make_batch([[(0, 0, n0), (1, 0, n1)]], samples, n0 + n1 + 20, tok.encode, 1000, 64, delay=0.5)
     assert torch.equal(batch.inputs[0, 1:, 1:n0 + 1], samples[0].codes)  # shifted by one frame
@@ -91,7 +91,7 @@ def test_batch_targets_line_up_with_the_audio(samples, tiny_ckpt):
 
 def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
     cfg = config(tmp_path)
-    run = tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=load_tokenizer(tiny_ckpt))
+    run = tr.train(cfg, tiny_ckpt, samples=samples)
     rows = metrics(run)
     assert [r["step"] for r in rows] == list(range(1, 31))
     first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
@@ -105,8 +105,8 @@ def test_saved_adapter_reproduces_the_trained_model_through_moshi(tmp_path, tiny
     from moshi.models.loaders import get_moshi_lm
 
     cfg = config(tmp_path, steps=8)
-    tok = load_tokenizer(tiny_ckpt)
-    run = tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=tok)
+    tok = Checkpoint.open(tiny_ckpt).tokenizer
+    run = tr.train(cfg, tiny_ckpt, samples=samples)
     adapter = load_file(str(run / "final" / "lora.safetensors"))
     assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if ".lora_B." in k)  # it trained
@@ -115,27 +115,26 @@ def test_saved_adapter_reproduces_the_trained_model_through_moshi(tmp_path, tiny
     lm_kwargs = {k: v for k, v in lora_cfg.items() if k not in tr_non_lm_keys()}
     moshi_lm = get_moshi_lm(str(tiny_ckpt / "model.safetensors"), lm_kwargs=lm_kwargs, dtype=torch.float32,
                             lora_weights=str(run / "final" / "lora.safetensors"))
-    ours = load_lm(tiny_ckpt)
+    ours = Checkpoint.open(tiny_ckpt).load_lm()
     tr.apply_lora(ours, cfg.train.lora_rank, cfg.train.lora_scaling)
     ours.load_state_dict(adapter, strict=False)
     batch = tr.make_batch([[(0, 0, samples[0].frames)]], samples, samples[0].frames, tok.encode, 1000, 64, 0.5)
     with torch.no_grad():
         a_text, a_heads = tr.forward_stt(moshi_lm, batch.inputs)
         b_text, b_heads = tr.forward_stt(ours, batch.inputs)
-        base_text, _ = tr.forward_stt(load_lm(tiny_ckpt), batch.inputs)
+        base_text, _ = tr.forward_stt(Checkpoint.open(tiny_ckpt).load_lm(), batch.inputs)
     assert torch.allclose(a_text, b_text, atol=1e-5) and torch.allclose(a_heads, b_heads, atol=1e-5)
     assert not torch.allclose(a_text, base_text, atol=1e-3)
 
 
 def tr_non_lm_keys():
-    from pipeline.checkpoint import _NON_LM_KEYS
+    from pipeline.checkpoint import NON_LM_KEYS
 
-    return _NON_LM_KEYS
+    return NON_LM_KEYS
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, tiny_ckpt, samples, monkeypatch):
-    tok = load_tokenizer(tiny_ckpt)
-    straight = tr.train(config(tmp_path / "a", steps=12, save_every=4), tiny_ckpt, samples=samples, tokenizer=tok)
+    straight = tr.train(config(tmp_path / "a", steps=12, save_every=4), tiny_ckpt, samples=samples)
 
     real, calls = tr.make_batch, {"n": 0}
 
@@ -148,11 +147,11 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, tiny_ckpt, 
     cfg = config(tmp_path / "b", steps=12, save_every=4)
     monkeypatch.setattr(tr, "make_batch", dies_at_step_7)
     with pytest.raises(KeyboardInterrupt):
-        tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=tok)
+        tr.train(cfg, tiny_ckpt, samples=samples)
     monkeypatch.setattr(tr, "make_batch", real)
     with pytest.raises(tr.TrainingError, match="--resume"):
-        tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=tok)
-    resumed = tr.train(cfg, tiny_ckpt, resume=True, samples=samples, tokenizer=tok)
+        tr.train(cfg, tiny_ckpt, samples=samples)
+    resumed = tr.train(cfg, tiny_ckpt, resume=True, samples=samples)
 
     a = load_file(str(straight / "final" / "lora.safetensors"))
     b = load_file(str(resumed / "final" / "lora.safetensors"))
@@ -162,13 +161,43 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, tiny_ckpt, 
     assert [r["step"] for r in metrics(resumed)][-8:] == list(range(5, 13))
 
 
+def test_resume_with_a_changed_config_is_refused_naming_each_field(tmp_path, tiny_ckpt, samples):
+    tr.train(config(tmp_path, steps=2, save_every=1), tiny_ckpt, samples=samples)
+    changed = config(tmp_path, steps=2, save_every=1, lr=1e-3, lora_rank=4)
+    with pytest.raises(tr.TrainingError) as err:
+        tr.train(changed, tiny_ckpt, resume=True, samples=samples)
+    assert str(err.value) == (f"{tmp_path / 'runs' / 'train' / 'config.yaml'}: --resume with a changed config "
+                              "(train.lora_rank: 8 -> 4; train.lr: 0.003 -> 0.001); resume with the saved config, "
+                              "or start a new run in another train.out")
+    # What only decides what is written may change: the finished run resumes (nothing left to do).
+    tr.train(config(tmp_path, steps=2, save_every=2, log_every=2), tiny_ckpt, resume=True, samples=samples)
+
+
+def test_a_dataset_built_for_another_text_delay_is_refused(tmp_path, tiny_ckpt):
+    from types import SimpleNamespace
+
+    from pipeline.codes import write_pack
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    utterance = SimpleNamespace(path=tmp_path / "a.wav", alignments=[["one", [0.5, 0.8], "SPEAKER_MAIN"]],
+                                number_spans=[], category="plain", voice="espeak:en")
+    pack = write_pack(tmp_path / "p.safetensors", [utterance], [torch.zeros(8, 30, dtype=torch.long)],
+                      ckpt.files["mimi"], text_delay=1.0)
+    cfg = load_config(None, [f"train.data={pack}", f"artifacts={tmp_path}"])
+    with pytest.raises(tr.TrainingError, match=r"p.safetensors was built for a text delay of 1 s, but .* writes its "
+                                               r"text 0.5 s late; rebuild the dataset with --set data.text_delay=0.5"):
+        tr.load_samples(cfg, ckpt, "cpu")
+    write_pack(pack, [utterance], [torch.zeros(8, 30, dtype=torch.long)], ckpt.files["mimi"], text_delay=0.5)
+    assert len(tr.load_samples(cfg, ckpt, "cpu")) == 1
+
+
 def test_checkpoint_without_heads_is_refused(tmp_path, tiny_copy, samples):
     config_path = tiny_copy / "config.json"
     raw = json.loads(config_path.read_text())
     raw["extra_heads_num_heads"] = 0
     config_path.write_text(json.dumps(raw))
     with pytest.raises(tr.TrainingError, match="no extra heads"):
-        tr.train(config(tmp_path), tiny_copy, samples=samples, tokenizer=None)
+        tr.train(config(tmp_path), tiny_copy, samples=samples)
 
 
 def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, tiny_ckpt, samples, monkeypatch):
@@ -181,31 +210,30 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, tiny_ckpt, 
 
     monkeypatch.setattr(tr, "text_loss", nan_at_step_5)
     with pytest.raises(tr.TrainingError, match=r"loss is nan at step 4.*step_000004"):
-        tr.train(config(tmp_path, save_every=2), tiny_ckpt, samples=samples, tokenizer=load_tokenizer(tiny_ckpt))
+        tr.train(config(tmp_path, save_every=2), tiny_ckpt, samples=samples)
 
 
 def test_full_training_writes_a_checkpoint_moshi_loads_strictly(tmp_path, tiny_ckpt, samples):
-    from pipeline.models import checkpoint_files
+    from pipeline.checkpoint import Checkpoint
 
     cfg = config(tmp_path, method="full", steps=6, lr=1e-3, save_every=3)
-    run = tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=load_tokenizer(tiny_ckpt))
+    run = tr.train(cfg, tiny_ckpt, samples=samples)
     final = run / "final"
-    trained = load_lm(final)  # strict load through moshi's loaders
-    base = load_lm(tiny_ckpt)
+    trained = Checkpoint.open(final).load_lm()  # strict load through moshi's loaders
+    base = Checkpoint.open(tiny_ckpt).load_lm()
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
     assert len(changed) > 0.9 * len(base.state_dict())  # every weight trains, not just adapters
-    assert "in_proj_weight" in " ".join(load_file(str(checkpoint_files(final)["lm"])))  # Kyutai's names
+    assert "in_proj_weight" in " ".join(load_file(str(Checkpoint.open(final).files["lm"])))  # Kyutai's names
     assert "lora" not in json.loads((final / "config.json").read_text())
 
 
 def test_full_training_resumes_from_its_weights(tmp_path, tiny_ckpt, samples):
-    tok = load_tokenizer(tiny_ckpt)
     straight = tr.train(config(tmp_path / "a", method="full", steps=6, save_every=3), tiny_ckpt,
-                        samples=samples, tokenizer=tok)
+                        samples=samples)
     cfg = config(tmp_path / "b", method="full", steps=3, save_every=3)
-    tr.train(cfg, tiny_ckpt, samples=samples, tokenizer=tok)
+    tr.train(cfg, tiny_ckpt, samples=samples)
     cfg = config(tmp_path / "b", method="full", steps=6, save_every=3)
-    resumed = tr.train(cfg, tiny_ckpt, resume=True, samples=samples, tokenizer=tok)
+    resumed = tr.train(cfg, tiny_ckpt, resume=True, samples=samples)
     a = load_file(str(straight / "final" / "model.safetensors"))
     b = load_file(str(resumed / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -216,7 +244,7 @@ def test_window_attention_equals_moshis_attention(tiny_ckpt, context):
     """The is_causal fast path gives moshi's outputs and gradients; a window longer than the
     attention context (16 frames here) keeps moshi's windowed mask."""
     torch.manual_seed(0)
-    reference, fast = load_lm(tiny_ckpt, dtype=torch.float32), load_lm(tiny_ckpt, dtype=torch.float32)
+    reference, fast = Checkpoint.open(tiny_ckpt).load_lm(dtype=torch.float32), Checkpoint.open(tiny_ckpt).load_lm(dtype=torch.float32)
     attention = [m for m in reference.modules() if type(m).__name__ == "StreamingMultiheadAttention"]
     if context is not None:
         for lm in (reference, fast):

@@ -61,9 +61,9 @@ impl<'a> Fields<'a> {
         self.get(key).map(|_| self.object(key)).transpose()
     }
 
-    /// Number of keys, used to tell an empty `{}` from a populated object.
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
+    /// Tells an empty `{}` from a populated object.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// A non-negative whole number. Floats with no fractional part are accepted because

@@ -2,14 +2,12 @@
 //! `moshi::mimi::Config`.
 
 use crate::json_fields::Fields;
-use crate::transformer_keys::{
-    check_gated_feedforward, parse_gating, parse_norm, parse_positional_embedding,
-};
+use crate::transformer_keys::{transformer_config, FeedForward, TransformerSpec};
 use anyhow::Result;
 use candle_nn::Activation;
 use moshi::conv::{Norm, PadMode};
 use moshi::mimi::{Config, ResampleMethod};
-use moshi::{seanet, transformer};
+use moshi::seanet;
 use serde_json::Value;
 use std::path::Path;
 
@@ -35,7 +33,17 @@ pub fn mimi_config_from_json(json: &Value, file: &Path, n_q: usize) -> Result<Co
             format!("must be [{dim}] (seanet.dimension)"),
         ));
     }
-    let transformer = transformer_config(&t)?;
+    let transformer = transformer_config(
+        &t,
+        TransformerSpec {
+            d_model_key: "d_model",
+            feedforward: FeedForward::DimFeedforward,
+            // The values of moshi's `mimi::Config::v0_1`.
+            conv_kernel_size: 5,
+            max_seq_len: 8192,
+            conv_layout: t.bool_or("conv_layout", true)?,
+        },
+    )?;
 
     let q = f.object("quantizer")?;
     for key in ["input_dimension", "output_dimension"] {
@@ -89,46 +97,6 @@ fn seanet_config(s: &Fields) -> Result<seanet::Config> {
         lstm: 0,
         disable_norm_outer_blocks: s.usize_or("disable_norm_outer_blocks", 0)?,
         final_activation: None,
-    })
-}
-
-fn transformer_config(t: &Fields) -> Result<transformer::Config> {
-    let d_model = t.usize("d_model")?;
-    let num_heads = t.usize("num_heads")?;
-    if num_heads == 0 || d_model % num_heads != 0 {
-        return Err(t.error(
-            "num_heads",
-            format!("must be > 0 and divide `d_model` ({d_model}), got {num_heads}"),
-        ));
-    }
-    let gating = parse_gating(t, "gating")?;
-    let dim_feedforward = t.usize("dim_feedforward")?;
-    check_gated_feedforward(t, "dim_feedforward", gating, d_model, dim_feedforward)?;
-    Ok(transformer::Config {
-        d_model,
-        num_heads,
-        num_layers: t.usize("num_layers")?,
-        causal: t.bool_or("causal", true)?,
-        norm_first: true,
-        bias_ff: false,
-        bias_attn: false,
-        layer_scale: t.opt_f64("layer_scale")?,
-        positional_embedding: parse_positional_embedding(t, "positional_embedding")?,
-        use_conv_block: false,
-        cross_attention: None,
-        // Only read when `use_conv_block` is set, which it never is here.
-        conv_kernel_size: 5,
-        use_conv_bias: true,
-        gating,
-        norm: parse_norm(t, "norm")?,
-        context: t.usize("context")?,
-        max_period: t.usize("max_period")?,
-        // Not read by moshi 0.6.4; same value as moshi's `mimi::Config::v0_1`.
-        max_seq_len: 8192,
-        kv_repeat: 1,
-        dim_feedforward,
-        conv_layout: t.bool_or("conv_layout", true)?,
-        shared_cross_attn: false,
     })
 }
 

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from .check import check_dataset
-from .dataset import DataError, Utterance, build_dataset, read_split
+from .dataset import build_dataset
+from .layout import DataError, Utterance, dataset_text_delay, read_split
 from .measure import bench_data, measure_annotation
 from .normalize import NormalizationError, NumberSpan, Reading, digits_of, normalize_text, verbalize
 from .record import record_session
@@ -23,8 +24,9 @@ from .record import record_session
 __all__ = [
     "DataError", "NormalizationError", "NumberSpan", "Reading", "Utterance", "bench_data", "build_dataset",
     "check_dataset", "digits_of", "measure_annotation", "normalize_text", "read_split", "record_session",
-    "summary", "verbalize",
+    "dataset_text_delay", "summary", "verbalize",
 ]
+
 
 
 def summary(folder: str | Path) -> str:

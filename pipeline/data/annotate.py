@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..errors import StageError
 from .audio import WHISPER_RATE, speech_bounds
 from .normalize import NormalizationError, Reading, Spoken, bare, digits_of, normalize_text, sentence_case
 
@@ -81,7 +82,7 @@ class Annotator:
         import whisper
 
         if lang != "en" and not model.is_multilingual:
-            raise ValueError(f"this Whisper model is English-only and cannot annotate {lang!r} audio; "
+            raise StageError(f"this Whisper model is English-only and cannot annotate {lang!r} audio; "
                              "set data.whisper to a multilingual model (e.g. small or large-v3)")
         self.model, self.lang, self.beam_size = model, lang, beam_size
         self._audio_kv: tuple[torch.Tensor, dict] | None = None  # (features, their cross-attention keys/values)
@@ -231,7 +232,7 @@ class Annotator:
             heard = self._transcribe_encoded(mel)
             if spoken is None:
                 if not (text or heard):
-                    raise ValueError("Whisper heard no speech")
+                    raise StageError("Whisper heard no speech")
                 transcript = text or clean_transcript(heard)
                 alternatives = [] if text else digit_alternatives(transcript)
                 spoken = self._best_reading(transcript, features, warnings, alternatives, edit_digits=not text)

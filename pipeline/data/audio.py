@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-SAMPLE_RATE = 24_000  # Mimi's rate: every dataset file is mono 24 kHz
+from ..constants import SAMPLE_RATE  # Mimi's rate: every dataset file is mono 24 kHz
+from ..errors import StageError
+from ..io import atomic_file
+
 WHISPER_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 CLIP_LEVEL = 0.999  # |sample| at or above this is at full scale (16-bit: 32735 and up)
@@ -19,7 +20,7 @@ CLIP_SHARE = 0.001  # a recording with more of its samples at full scale is clip
 _warned: set[str] = set()
 
 
-class AudioError(ValueError):
+class AudioError(StageError):
     """An audio file that cannot be used; the message names it."""
 
 
@@ -45,13 +46,15 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarra
     return soxr.resample(audio.astype(np.float32, copy=False), source_rate, target_rate, quality="HQ")
 
 
-def read_audio(path: str | Path, rate: int = SAMPLE_RATE, clipped_ok: bool = True) -> np.ndarray:
-    """Any wav/flac/mp3/ogg file as mono float32 at `rate`.
+def read_audio(path: str | Path, rate: int = SAMPLE_RATE, clipped_ok: bool = True, repair: bool = True) -> np.ndarray:
+    """Any wav/flac/mp3/ogg file as mono float32 at `rate`: the one reader every stage uses.
 
     Repaired with a warning: several channels (averaged), another rate (resampled), float
     samples beyond full scale (scaled to a 0.99 peak: nothing is lost). Refused with an
     `AudioError` naming the file: unreadable, empty, no samples, NaN/inf, and clipped audio
-    unless `clipped_ok` (then a warning: the clipping cannot be undone)."""
+    unless `clipped_ok` (then a warning: the clipping cannot be undone). With `repair=False`
+    (training audio, which `invoke data` wrote as mono 24 kHz) what would be repaired, and
+    clipping, are refused instead."""
     path = Path(path)
     if path.suffix.lower() not in AUDIO_SUFFIXES:
         raise AudioError(f"{path}: unsupported audio type {path.suffix!r}; use one of {AUDIO_SUFFIXES}")
@@ -65,6 +68,14 @@ def read_audio(path: str | Path, rate: int = SAMPLE_RATE, clipped_ok: bool = Tru
         raise AudioError(f"{path}: the file holds no audio (0 samples); re-record it or remove it")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples; re-export it or remove it")
+    if not repair:
+        if data.shape[1] > 1 or source_rate != rate:
+            raise AudioError(f"{path}: audio is {source_rate} Hz with {data.shape[1]} channel(s); training needs "
+                             f"mono {rate} Hz (`invoke data` writes that)")
+        if clipped_share(data) > CLIP_SHARE:
+            raise AudioError(f"{path}: audio is clipped ({clipped_share(data):.1%} of samples at or beyond full "
+                             "scale); re-record it at a lower level or remove it (`invoke data --check` lists such files)")
+        return data[:, 0]
     repairs = []
     if data.shape[1] > 1:
         repairs.append(f"{data.shape[1]} channels mixed down to mono")
@@ -86,30 +97,23 @@ def read_audio(path: str | Path, rate: int = SAMPLE_RATE, clipped_ok: bool = Tru
 
 def write_wav(path: str | Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     """16-bit PCM mono WAV, written to a temp file and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
 
 
 def write_text(path: str | Path, text: str) -> None:
     """A text file written to a temp file and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def ensure_tail(audio: np.ndarray, last_end: float, min_tail: float, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Pad with silence so at least `min_tail` seconds follow the last word, as stored: labels keep
+    1 ms (the end may round up by 0.5 ms) and the index 0.1 ms (the duration may round down)."""
+    missing = round(last_end, 3) + min_tail + 1e-4 - len(audio) / rate
+    if missing <= 0:
+        return audio
+    return np.concatenate([audio, np.zeros(int(np.ceil(missing * rate)), np.float32)])
 
 
 def with_silence(audio: np.ndarray, lead: float, tail: float, rate: int = SAMPLE_RATE,

