@@ -29,11 +29,12 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, write_checkpoint
 from .config import Config, render_config
-from .errors import StageError
 from .constants import FRAME_RATE
+from .errors import StageError
 from .labels import (EPAD, IGNORE, PAD, PAUSE_HORIZONS, Word, digit_form, frame_of, shift_inputs,
                      utterance_targets, window_piece)
 from .lora import apply_lora, lora_disabled, save_adapter
+
 
 class TrainingError(StageError):
     """Training cannot start or must stop; the message says why and what to do."""

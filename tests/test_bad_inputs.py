@@ -18,11 +18,11 @@ import pytest
 import soundfile as sf
 
 from pipeline.checkpoint import Checkpoint
-from pipeline.presets import synthetic_audio
 from pipeline.config import load_config
 from pipeline.data import DataError, build_dataset, check_dataset, read_split
 from pipeline.data.audio import AudioError, read_audio, resample, write_wav
 from pipeline.evaluate.sources import EvalError, load_references
+from pipeline.presets import synthetic_audio
 
 RATE = 24_000
 KINDS = ("corrupt", "empty file", "zero-length", "NaN", "clipped", "beyond full scale", "stereo",

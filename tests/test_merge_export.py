@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline import train as tr
-from pipeline.presets import synthetic_audio
+from pipeline.checkpoint import Checkpoint
 from pipeline.export import SERVER_CONFIG, check_manifest, export
 from pipeline.lora import apply_lora, save_adapter
 from pipeline.merge import MergeError, merge
-from pipeline.checkpoint import Checkpoint
+from pipeline.presets import synthetic_audio
 
 RANK, SCALING = 4, 2.0
 

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline import train as tr
-from pipeline.presets import synthetic_audio
+from pipeline.checkpoint import Checkpoint
 from pipeline.config import load_config
 from pipeline.labels import Word
-from pipeline.checkpoint import Checkpoint
+from pipeline.presets import synthetic_audio
 
 WORDS = ["order", "number", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "please"]
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pipeline import verify
-from pipeline.export import export
 from pipeline.checkpoint import Checkpoint
+from pipeline.export import export
 
 
 @pytest.fixture(scope="module")
