@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.eval import Reference, Rules, Span, evaluate, rescore, score_utterance, summary_table
+from pipeline.eval import Reference, Rules, Span, evaluate, rescore, score_utterance, summarize, summary_table
 from pipeline.evaluate.metrics import HypWord
 from pipeline.evaluate.report import plot_utterance
 from pipeline.evaluate.stream import Streamed, with_flush
@@ -97,6 +97,8 @@ def test_report_on_the_tiny_default(tiny_ckpt, candidate, dataset, tmp_path):
         for rule in ("threshold", "unmute"):
             _check_rule(s["vad"][rule], n)
     assert len(data["utterances"]) == n
+    for model in ("base", "candidate"):  # every summary figure is what the per-utterance records add up to
+        assert summarize([u[model] for u in data["utterances"]]) == data["summary"][model]
     for u in data["utterances"]:
         for model in ("base", "candidate"):
             m = u[model]
