@@ -201,10 +201,16 @@ def export(c, config=None, set_=None, model=None):
     from pipeline.export import export as run
 
     cfg = _config(config, set_ or [], model)
-    source = cfg.export.source
-    source = cfg.output_path(cfg.merge.out) if source == "merged" else _checkpoint_for(cfg, source)
-    out = _run_stage(run, source, cfg.output_path(cfg.export.out), cfg.export.batch_size)
-    print(f"exported {source} to {out} (moshi-server config: {out / 'moshi-server.toml'})")
+    source, adapter = cfg.export.source, None
+    if source == "adapter":  # one pass: the LoRA is merged into the base as it is exported
+        source, adapter = _checkpoint(cfg), cfg.output_path(cfg.merge.adapter)
+    elif source == "merged":
+        source = cfg.output_path(cfg.merge.out)
+    else:
+        source = _checkpoint_for(cfg, source)
+    out = _run_stage(run, source, cfg.output_path(cfg.export.out), cfg.export.batch_size, adapter)
+    print(f"exported {source}{f' with {adapter} merged in' if adapter else ''} to {out} "
+          f"(moshi-server config: {out / 'moshi-server.toml'})")
 
 
 @task(name="eval", help={"candidate": "shortcut for --set eval.candidate=...: 'merged', 'export' or a checkpoint",

@@ -164,7 +164,8 @@ class MergeConfig:
 
 @dataclass
 class ExportConfig:
-    source: str = doc("Checkpoint to export: 'merged' (the merge output) or any checkpoint folder.", "merged")
+    source: str = doc("Checkpoint to export: 'merged' (the merge output), 'adapter' (merge merge.adapter into "
+                      "model.source on the way: one pass, no merged folder) or any checkpoint.", "merged")
     out: str = doc("Runtime folder for moshi-server (relative paths are under `artifacts`).", "export")
     batch_size: int = doc("batch_size written into the moshi-server config snippet.", 64)
 

@@ -10,12 +10,17 @@
 - `moshi-server.toml`: the ASR module section pointing at these files.
 - `manifest.json`: sha256 and size of every file; `verify-candle` refuses a directory whose
   files no longer match it.
+
+`export.source = adapter` merges the trained LoRA into the base as it exports (`merge.LoraMerge`,
+the same arithmetic as `invoke merge`): one read of the base and one write, for users who want
+only the runtime folder.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,6 +29,7 @@ from safetensors import safe_open
 from .checkpoint import Checkpoint, legacy_name
 from .errors import StageError
 from .io import atomic_dir, cast_specs, sha256_file, write_safetensors
+from .merge import LoraMerge
 
 MANIFEST = "manifest.json"
 SERVER_CONFIG = "moshi-server.toml"
@@ -33,12 +39,17 @@ class ExportError(StageError):
     """A checkpoint that cannot be exported, or an exported directory that was altered."""
 
 
-def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None) -> None:
-    """`src` under Kyutai's tensor names (floats cast to `dtype` unless None), tensor by tensor."""
+def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None, merger: LoraMerge | None = None) -> None:
+    """`src` under Kyutai's tensor names (floats cast to `dtype` unless None), tensor by tensor;
+    with `merger`, its LoRA folded in on the way."""
     with safe_open(str(src), "pt") as f:
         specs = cast_specs(f, dtype, [k for k in f.keys() if not k.startswith("depformer_in.")])
-        tensors = ((legacy_name(k), f.get_tensor(k).to(want)) for k, (want, _) in specs.items())
-        write_safetensors(dst, {legacy_name(k): spec for k, spec in specs.items()}, tensors)
+        if merger is None:
+            tensors = ((k, f.get_tensor(k).to(want)) for k, (want, _) in specs.items())
+        else:
+            tensors = merger.tensors(f, specs)
+        write_safetensors(dst, {legacy_name(k): spec for k, spec in specs.items()},
+                          ((legacy_name(k), t) for k, t in tensors))
 
 
 def server_config(out: Path, ckpt: Checkpoint, batch_size: int = 64) -> str:
@@ -96,23 +107,29 @@ def server_config(out: Path, ckpt: Checkpoint, batch_size: int = 64) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export(src: Checkpoint | Path, out: Path, batch_size: int = 64) -> Path:
-    """Write the runtime directory for checkpoint `src` to `out`; return `out`."""
+def export(src: Checkpoint | Path, out: Path, batch_size: int = 64, adapter: Path | None = None) -> Path:
+    """Write the runtime directory for checkpoint `src` to `out`; return `out`. With `adapter`
+    (a LoRA run from `invoke train`), the LoRA is merged into `src` on the way, exactly as
+    `invoke merge` would (float32, rounded to bf16 once): one read of the base, one write; the
+    manifest then records the merge report."""
     src = Checkpoint.of(src)
     files = src.files
     config = {k: v for k, v in src.config.items() if not k.startswith("lora")}
     if config.get("dep_q", 0) != 0:
         raise ExportError(f"{files['config']}: dep_q = {config['dep_q']}; only STT checkpoints (dep_q = 0) export")
+    merger = None if adapter is None else LoraMerge(src, Path(adapter))
     with atomic_dir(out) as tmp:
-        _write_rust_tensors(files["lm"], tmp / files["lm"].name, torch.bfloat16)
+        _write_rust_tensors(files["lm"], tmp / files["lm"].name, torch.bfloat16, merger)
         _write_rust_tensors(files["mimi"], tmp / files["mimi"].name, None)
         shutil.copyfile(files["tokenizer"], tmp / files["tokenizer"].name)
         if "mimi_config" in files:
             shutil.copyfile(files["mimi_config"], tmp / files["mimi_config"].name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / SERVER_CONFIG).write_text(server_config(Path(out), src, batch_size))
-        manifest = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=2) + "\n")
+        manifest = {"files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}}
+        if merger is not None:
+            manifest["merged"] = {"adapter": str(adapter), **asdict(merger.report())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Path(out)
 
 

@@ -62,6 +62,66 @@ def read_adapter(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 MERGED_DTYPES = {"bf16": None, "f32": torch.float32}  # merge.dtype -> LM file dtype (None: the base's own)
+CHUNK_ROWS = 256  # rows merged at a time: the float32 temporaries stay in cache, not gigabytes
+
+
+class LoraMerge:
+    """A LoRA folded into a base's LM tensors as they stream through: W + scaling * B @ A in
+    float32, rounded to the target dtype once, with the norms of what the update was and what of
+    it survived rounding. `merge` writes the result as a checkpoint; `export(..., adapter=...)`
+    writes it straight into the runtime folder (one read of the base, one write)."""
+
+    def __init__(self, base: Checkpoint, adapter: Path):
+        self.base, self.adapter = base, adapter
+        self.lora, config = read_adapter(adapter)
+        self.scaling, self.rank = float(config["lora_scaling"]), int(config.get("lora_rank", 0))
+        self.pairs = {k.removesuffix(".lora_A.weight") for k in self.lora if k.endswith(".lora_A.weight")}
+        self.tables = {k: v for k, v in self.lora.items() if ".lora_" not in k}  # ft_embed: full replacements
+        self.used: set[str] = set()
+        self.sums = {"update": 0.0, "kept": 0.0, "error": 0.0}  # squared norms, summed over tensors
+
+    def tensors(self, f, specs: dict) -> Iterator[tuple[str, torch.Tensor]]:
+        """(stored name, merged tensor in its spec's dtype) for every key of `specs`, in order."""
+        for key, (target, _) in tqdm(specs.items(), desc="merge", unit="tensor", leave=False):
+            stored = f.get_tensor(key)
+            module = _module_of(key)
+            if key in self.tables:
+                self.used.add(key)
+                yield key, _replace_table(key, stored, self.tables[key]).to(target)
+            elif module in self.pairs:
+                yield key, self._merge_pair(key, module, stored, target)
+            else:
+                yield key, stored.to(target)
+        leftover = sorted(set(self.lora) - self.used)
+        if leftover:
+            raise MergeError(f"{self.adapter}: {len(leftover)} adapter tensors match nothing in {self.base.files['lm']} "
+                             f"(first: {leftover[0]}); was it trained on another base?")
+
+    def _merge_pair(self, key: str, module: str, stored: torch.Tensor, target: torch.dtype) -> torch.Tensor:
+        a, b = self.lora[f"{module}.lora_A.weight"].float(), self.lora[f"{module}.lora_B.weight"].float()
+        if b.shape[0] != stored.shape[0] or a.shape[1] != stored.shape[1] or a.shape[0] != b.shape[1]:
+            raise MergeError(f"{self.adapter}: LoRA for {key} has A {tuple(a.shape)}, B {tuple(b.shape)}; "
+                             f"the base weight is {tuple(stored.shape)}: adapter and base do not match")
+        if self.rank and a.shape[0] != self.rank:
+            raise MergeError(f"{self.adapter}: {module}.lora_A has rank {a.shape[0]}, config says lora_rank {self.rank}")
+        out = torch.empty(stored.shape, dtype=target)
+        b = b * self.scaling
+        for lo in range(0, stored.shape[0], CHUNK_ROWS):  # a few rows at a time: temporaries stay in cache
+            rows = slice(lo, lo + CHUNK_ROWS)
+            update = torch.mm(b[rows], a)
+            base = stored[rows].float()
+            out[rows] = rounded = (base + update).to(target)  # W + update in float32, rounded once
+            kept = rounded.float() - base  # what of the update survives rounding (a new tensor even in f32)
+            self.sums["update"] += _squared_norm(update)
+            self.sums["kept"] += _squared_norm(kept)
+            self.sums["error"] += _squared_norm(kept.sub_(update))  # bf16(W') - (W + update)
+        self.used.update({f"{module}.lora_A.weight", f"{module}.lora_B.weight"})
+        return out
+
+    def report(self) -> MergeReport:
+        norm = self.sums["update"] ** 0.5
+        return MergeReport(len(self.pairs), norm, (self.sums["kept"] ** 0.5) / norm if norm else 0.0,
+                           (self.sums["error"] ** 0.5) / norm if norm else 0.0)
 
 
 def merge(base: Checkpoint | Path, adapter: Path, out: Path, dtype: str = "bf16") -> MergeReport:
@@ -73,55 +133,18 @@ def merge(base: Checkpoint | Path, adapter: Path, out: Path, dtype: str = "bf16"
         raise MergeError(f"merge.dtype is {dtype!r}; choose one of {sorted(MERGED_DTYPES)}")
     base = Checkpoint.of(base)
     files, dtype = base.files, MERGED_DTYPES[dtype]
-    lora, adapter_cfg = read_adapter(adapter)
-    scaling, rank = float(adapter_cfg["lora_scaling"]), int(adapter_cfg.get("lora_rank", 0))
-    pairs = {k.removesuffix(".lora_A.weight") for k in lora if k.endswith(".lora_A.weight")}
-    tables = {k: v for k, v in lora.items() if ".lora_" not in k}  # ft_embed: full replacements
-    used: set[str] = set()
-    sums = {"update": 0.0, "kept": 0.0, "error": 0.0}  # squared norms, summed over tensors
-
-    def merged_tensors(f, specs: dict) -> Iterator[tuple[str, torch.Tensor]]:
-        for key, (target, _) in tqdm(specs.items(), desc="merge", unit="tensor", leave=False):
-            stored = f.get_tensor(key)
-            module = _module_of(key)
-            if key in tables:
-                used.add(key)
-                yield legacy_name(key), _replace_table(key, stored, tables[key]).to(target)
-            elif module in pairs:
-                a, b = lora[f"{module}.lora_A.weight"].float(), lora[f"{module}.lora_B.weight"].float()
-                if b.shape[0] != stored.shape[0] or a.shape[1] != stored.shape[1] or a.shape[0] != b.shape[1]:
-                    raise MergeError(f"{adapter}: LoRA for {key} has A {tuple(a.shape)}, B {tuple(b.shape)}; "
-                                     f"the base weight is {tuple(stored.shape)}: adapter and base do not match")
-                if rank and a.shape[0] != rank:
-                    raise MergeError(f"{adapter}: {module}.lora_A has rank {a.shape[0]}, config says lora_rank {rank}")
-                # Few full-size float32 temporaries: this loop is most of the merge's time at 1B.
-                update = torch.mm(b, a).mul_(scaling)
-                rounded = update.add(stored).to(target)  # W + update in float32, rounded once
-                kept = rounded.float() - stored  # what of the update survives rounding (a new tensor:
-                # with dtype=float32, `rounded.float()` is `rounded` itself)
-                sums["update"] += _squared_norm(update)
-                sums["kept"] += _squared_norm(kept)
-                sums["error"] += _squared_norm(kept.sub_(update))  # bf16(W') - (W + update)
-                used.update({f"{module}.lora_A.weight", f"{module}.lora_B.weight"})
-                yield legacy_name(key), rounded
-            else:
-                yield legacy_name(key), stored.to(target)
-        leftover = sorted(set(lora) - used)
-        if leftover:
-            raise MergeError(f"{adapter}: {len(leftover)} adapter tensors match nothing in {files['lm']} "
-                             f"(first: {leftover[0]}); was it trained on another base?")
+    merger = LoraMerge(base, adapter)
 
     def write_lm(path: Path) -> None:
         # Tensor by tensor: the merged model is never in memory whole.
         with safe_open(str(files["lm"]), "pt") as f:
             specs = cast_specs(f, dtype)
-            write_safetensors(path, {legacy_name(k): spec for k, spec in specs.items()}, merged_tensors(f, specs))
+            write_safetensors(path, {legacy_name(k): spec for k, spec in specs.items()},
+                              ((legacy_name(k), t) for k, t in merger.tensors(f, specs)))
 
     config = {k: v for k, v in base.config.items() if k not in LORA_KEYS}
     write_checkpoint(Path(out), write_lm, config, base, files["lm"].name)
-    norm = sums["update"] ** 0.5
-    return MergeReport(len(pairs), norm, (sums["kept"] ** 0.5) / norm if norm else 0.0,
-                       (sums["error"] ** 0.5) / norm if norm else 0.0)
+    return merger.report()
 
 
 def _squared_norm(x: torch.Tensor) -> float:

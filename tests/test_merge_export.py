@@ -140,3 +140,23 @@ def test_altered_export_is_caught_by_the_manifest(tiny_ckpt, tmp_path):
     problems = check_manifest(out)
     assert any("model.safetensors: sha256 differs" in p for p in problems)
     assert any("config.json: listed in the manifest but missing" in p for p in problems)
+
+
+def test_one_pass_export_equals_merge_then_export(tiny_ckpt, adapter, tmp_path):
+    """export(base, adapter=...) reads the base once and writes the runtime folder directly: every
+    file equals that of `invoke merge` followed by `invoke export`, byte for byte."""
+    merged = tmp_path / "merged"
+    two_pass = merge(tiny_ckpt, adapter[0], merged)
+    reference = export(merged, tmp_path / "two-pass")
+    one_pass = export(tiny_ckpt, tmp_path / "one-pass", adapter=adapter[0])
+    names = sorted(p.name for p in reference.iterdir())
+    assert names == sorted(p.name for p in one_pass.iterdir())
+    for name in names:
+        if name not in ("manifest.json", SERVER_CONFIG):  # these name their own folder
+            assert (one_pass / name).read_bytes() == (reference / name).read_bytes(), name
+    manifest = json.loads((one_pass / "manifest.json").read_text())
+    assert manifest["files"] == json.loads((reference / "manifest.json").read_text())["files"] | {
+        SERVER_CONFIG: manifest["files"][SERVER_CONFIG]}
+    assert manifest["merged"]["tensors_updated"] == two_pass.tensors_updated
+    assert manifest["merged"]["kept_fraction"] == pytest.approx(two_pass.kept_fraction)
+    assert check_manifest(one_pass) == []
