@@ -147,8 +147,9 @@ def _in_child(code: str) -> tuple[float, int]:
 
 
 def bench_export(ckpt, work, rank: int = 32) -> dict:
-    """merge (a random rank-`rank` LoRA on every Linear) + export of `ckpt`, against copying the
-    same files with shutil: seconds and peak RAM of each, in separate processes."""
+    """merge (a random rank-`rank` LoRA on every Linear) then export of `ckpt`, and the one-pass
+    export that merges on the way (export.source=adapter), against copying the same files with
+    shutil: seconds and peak RAM of each, in separate processes."""
     from .checkpoint import Checkpoint
     from .lora import apply_lora, save_adapter
 
@@ -169,11 +170,14 @@ def bench_export(ckpt, work, rank: int = 32) -> dict:
                                    f"merge({str(ckpt)!r}, {str(adapter)!r}, {str(work / 'merged')!r})")
     export_s, export_mib = _in_child(f"from pipeline.export import export\n"
                                      f"export({str(work / 'merged')!r}, {str(work / 'export')!r}, 64)")
+    one_pass_s, one_pass_mib = _in_child(f"from pipeline.export import export\n"
+                                         f"export({str(ckpt)!r}, {str(work / 'export-1')!r}, 64, {str(adapter)!r})")
     size = sum(Path(f).stat().st_size for f in files)
     return {"what": "merge_export_vs_copy", "checkpoint": str(ckpt), "gib": round(size / 2**30, 2),
             "copy_s": round(copy_s, 2), "merge_s": round(merge_s, 2), "export_s": round(export_s, 2),
-            "ratio": round((merge_s + export_s) / copy_s, 2),
-            "peak_mib": {"copy": copy_mib, "merge": merge_mib, "export": export_mib}}
+            "ratio": round((merge_s + export_s) / copy_s, 2), "one_pass_s": round(one_pass_s, 2),
+            "one_pass_ratio": round(one_pass_s / copy_s, 2),
+            "peak_mib": {"copy": copy_mib, "merge": merge_mib, "export": export_mib, "one_pass": one_pass_mib}}
 
 
 def bench_stream(ckpt, steps: int = 50, warmup: int = 5) -> dict:
