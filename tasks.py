@@ -217,7 +217,7 @@ def export(c, config=None, set_=None, model=None):
                          "data": "shortcut for --set eval.data=...: dataset folder, or audio files with .txt "
                                  "transcripts",
                          "rescore": "score the saved report in DIR again (its traces, today's definitions) "
-                                    "into eval.out instead of streaming", **HELP, **MODEL_HELP}, iterable=["set_"])
+                                    "into eval.out instead of streaming; with --data if its eval data moved", **HELP, **MODEL_HELP}, iterable=["set_"])
 def eval_(c, config=None, set_=None, model=None, candidate=None, data=None, rescore=None):
     """A/B report of base vs fine-tuned: digit form, raw WER, premature VAD cut-offs, end of turn (HTML + PNGs)."""
     from pathlib import Path
@@ -226,9 +226,9 @@ def eval_(c, config=None, set_=None, model=None, candidate=None, data=None, resc
 
     extra = ([f"eval.candidate={candidate}"] if candidate else []) + ([f"eval.data={data}"] if data else [])
     cfg = _config(config, list(set_ or []) + extra, model)
-    if rescore:
+    if rescore:  # --data: where the report's eval data is now, if it moved
         out = _run_stage(stage.rescore, Path(rescore), cfg.output_path(cfg.eval.out), stage.rules_of(cfg),
-                         cfg.eval.plots)
+                         cfg.eval.plots, cfg.output_path(data) if data else None)
     else:
         out = _run_stage(stage.evaluate, cfg)
     print(stage.summary_table(out))

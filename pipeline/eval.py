@@ -133,7 +133,7 @@ def evaluate(cfg: Config, base: Checkpoint | Path | None = None, candidate: Chec
 
     `utterances`: `pipeline.data.Utterance`s (or `Reference`s) instead of reading `eval.data`.
     `base` / `candidate`: checkpoint directories instead of `eval.base` / `eval.candidate`."""
-    source = "given utterances" if utterances is not None else str(cfg.output_path(cfg.eval.data))
+    source = "given utterances" if utterances is not None else str(cfg.output_path(cfg.eval.data).resolve())
     refs = as_references(utterances) if utterances is not None else load_references(
         cfg.output_path(cfg.eval.data), cfg.eval.split, cfg.data.import_lang)
     refs = refs[: cfg.eval.limit] if cfg.eval.limit else refs
@@ -169,10 +169,11 @@ def _score_and_write(out: Path, meta: dict, refs: Sequence[Reference], runs: dic
         write_report(tmp, meta, list(refs), runs, scores, summary, rules, plots)
 
 
-def rescore(folder: Path, out: Path, rules: Rules | None = None, plots: int = 12) -> Path:
+def rescore(folder: Path, out: Path, rules: Rules | None = None, plots: int = 12, data: Path | None = None) -> Path:
     """Score a saved report (`metrics.json` + `traces.npz`) again with the current definitions
     and write a new report to `out`. The references are read again from the report's eval data
-    (a dataset folder), matched by utterance id; `rules` default to the report's own."""
+    (a dataset folder; `data` if it has moved), matched by utterance id; `rules` default to the
+    report's own."""
     import json
 
     import numpy as np
@@ -184,6 +185,8 @@ def rescore(folder: Path, out: Path, rules: Rules | None = None, plots: int = 12
     except (OSError, ValueError) as e:
         raise EvalError(f"{folder}: not a readable eval report (metrics.json + traces.npz): {e}") from e
     meta = saved["meta"]
+    if data is not None:
+        meta["data"] = str(Path(data).resolve())
     by_id = {r.id: r for r in load_references(Path(meta["data"]), meta.get("split", "eval"), "en")}
     missing = [u["id"] for u in saved["utterances"] if u["id"] not in by_id]
     if missing:

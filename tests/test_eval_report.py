@@ -115,7 +115,8 @@ def test_report_on_the_tiny_default(tiny_ckpt, candidate, dataset, tmp_path):
         assert row in table, row
 
     # Re-scoring a saved report from its traces alone reproduces every figure (same definitions).
-    again = rescore(out, tmp_path / "again")
+    assert data["meta"]["data"] == str(dataset.resolve())  # absolute: a report can be re-scored from anywhere
+    again = rescore(out, tmp_path / "again", data=dataset)
     redone = json.loads((again / "metrics.json").read_text())
     assert redone["summary"] == data["summary"] and redone["meta"]["rescored_from"] == str(out)
     assert [u["base"]["vad"] for u in redone["utterances"]] == [u["base"]["vad"] for u in data["utterances"]]

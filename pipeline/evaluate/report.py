@@ -174,7 +174,7 @@ def plot_utterance(path: Path, ref: Reference, runs: dict[str, Streamed], scores
         ax.set_xlim(0, end_time)
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(_panel_title(labels.get(name, name), score), loc="left", fontsize=10)
-    axes[-1].set_xlabel(f"audio time (s); the head is read at step s = time x {FRAME_RATE:g}; "
+    axes[-1].set_xlabel(f"audio time (s); step s is read when emitted, at (s + 1) / {FRAME_RATE:g} s; "
                         "words above: reference, below: the model's words at their start time (step - delay)")
     horizon = PAUSE_HORIZONS[rules.head] if rules.head < len(PAUSE_HORIZONS) else rules.head
     handles = [
