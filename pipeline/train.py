@@ -31,8 +31,8 @@ from .checkpoint import Checkpoint, write_checkpoint
 from .config import Config, render_config
 from .constants import FRAME_RATE
 from .errors import StageError
-from .labels import (EPAD, IGNORE, PAD, PAUSE_HORIZONS, Word, digit_form, frame_of, shift_inputs,
-                     utterance_targets, window_piece)
+from .labels import (EPAD, IGNORE, PAD, PAUSE_HORIZONS, UtteranceTargets, Word, digit_form, frame_of,
+                     shift_inputs, utterance_targets, window_piece)
 from .lora import apply_lora, lora_disabled, save_adapter
 
 
@@ -46,10 +46,19 @@ class Sample:
     codes: torch.Tensor  # [n_q, T] long
     words: list[Word]
     numbers: list[tuple[float, float]] = field(default_factory=list)
+    _targets: tuple | None = field(default=None, repr=False, compare=False)  # (key, UtteranceTargets)
 
     @property
     def frames(self) -> int:
         return self.codes.shape[1]
+
+    def targets(self, encode, delay: float) -> UtteranceTargets:
+        """The whole utterance's targets, computed once per tokenizer and delay: an utterance is
+        packed into a window in every epoch, and building its targets was 90 % of make_batch."""
+        key = (getattr(encode, "__self__", encode), delay)  # a bound `tokenizer.encode`: key on the tokenizer
+        if self._targets is None or self._targets[0][0] is not key[0] or self._targets[0][1] != delay:
+            self._targets = (key, utterance_targets(self.words, encode, self.frames, delay))
+        return self._targets[1]
 
 
 @dataclass
@@ -142,7 +151,7 @@ def make_batch(segments_per_window: list[list[Segment]], samples: Sequence[Sampl
         offset = 0
         for idx, first, n in segments:
             sample = samples[idx]
-            targets = utterance_targets(sample.words, encode, sample.frames, delay)
+            targets = sample.targets(encode, delay)
             codes[b, 1:, offset:offset + n] = sample.codes[:, first:first + n]
             codes[b, 0, offset:offset + n], pause[b, offset:offset + n] = window_piece(targets, first, n)
             head_mask[b, offset:offset + n] = 1

@@ -100,3 +100,15 @@ def test_first_and_last_word_of_an_utterance():
     # The last word: written at frame 18; after it, the turn is over: pause on every head to the end.
     assert out.text[0, 17:19].tolist() == [EPAD, 12]
     assert out.pause[0, 18:].eq(1).all() and out.pause[0, 17].eq(0).all()
+
+
+def test_an_utterances_targets_are_built_once_per_tokenizer_and_delay(monkeypatch):
+    utt = sample([Word("one", 0.4, 0.7), Word("two", 1.0, 1.3)], 37)
+    calls = []
+    real = tr.utterance_targets
+    monkeypatch.setattr(tr, "utterance_targets", lambda *a: calls.append(a[3]) or real(*a))
+    first = batch([utt], [(0, 0, 37)], 37)
+    again = batch([utt], [(0, 5, 32)], 32)  # another piece of it: no rebuild
+    assert calls == [0.5] and torch.equal(again.pause[0], first.pause[0, 5:])
+    later = tr.make_batch([[(0, 0, 37)]], [utt], 37, encode, 1000, 64, delay=1.0)  # another delay: rebuilt
+    assert calls == [0.5, 1.0] and later.text[0].tolist() != first.text[0].tolist()
