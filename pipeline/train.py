@@ -46,7 +46,7 @@ class Sample:
     codes: torch.Tensor  # [n_q, T] long
     words: list[Word]
     numbers: list[tuple[float, float]] = field(default_factory=list)
-    _targets: tuple | None = field(default=None, repr=False, compare=False)  # (key, UtteranceTargets)
+    _targets: tuple | None = field(default=None, repr=False, compare=False)  # (tokenizer, delay, targets)
 
     @property
     def frames(self) -> int:
@@ -55,10 +55,11 @@ class Sample:
     def targets(self, encode, delay: float) -> UtteranceTargets:
         """The whole utterance's targets, computed once per tokenizer and delay: an utterance is
         packed into a window in every epoch, and building its targets was 90 % of make_batch."""
-        key = (getattr(encode, "__self__", encode), delay)  # a bound `tokenizer.encode`: key on the tokenizer
-        if self._targets is None or self._targets[0][0] is not key[0] or self._targets[0][1] != delay:
-            self._targets = (key, utterance_targets(self.words, encode, self.frames, delay))
-        return self._targets[1]
+        owner = getattr(encode, "__self__", encode)  # a bound `tokenizer.encode`: key on the tokenizer
+        cached = self._targets
+        if cached is None or cached[0] is not owner or cached[1] != delay:
+            self._targets = cached = (owner, delay, utterance_targets(self.words, encode, self.frames, delay))
+        return cached[2]
 
 
 @dataclass

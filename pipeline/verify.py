@@ -102,7 +102,6 @@ def verify_candle(ckpt: str | Path, lm_dtype: str = "bf16", audio: np.ndarray | 
 
 # --- streaming parity --------------------------------------------------------------------------
 
-FRAME = FRAME_SAMPLES
 LOGIT_TOLERANCE = 1e-3  # float32 max |delta logit|; the aim is 1e-4
 BF16_TOKEN_AGREEMENT = 0.99
 # Random-weight Mimis put some latents within float32 noise of two codes, so even PyTorch's
@@ -132,7 +131,7 @@ def test_audio(seconds: float = 17.0, seed: int = 7) -> np.ndarray:
     from .presets import synthetic_audio
 
     audio = synthetic_audio(seconds, seed)
-    return audio[: len(audio) // FRAME * FRAME]
+    return audio[: len(audio) // FRAME_SAMPLES * FRAME_SAMPLES]
 
 
 def torch_codes(ckpt: Checkpoint | Path, audio: np.ndarray):
@@ -142,7 +141,7 @@ def torch_codes(ckpt: Checkpoint | Path, audio: np.ndarray):
     mimi = Checkpoint.of(ckpt).load_mimi()
     pcm = torch.from_numpy(audio)[None, None]
     with torch.no_grad(), mimi.streaming(1):
-        frames = [mimi.encode(pcm[..., i:i + FRAME]) for i in range(0, pcm.shape[-1], FRAME)]
+        frames = [mimi.encode(pcm[..., i:i + FRAME_SAMPLES]) for i in range(0, pcm.shape[-1], FRAME_SAMPLES)]
     return torch.cat(frames, dim=-1)[0].T.numpy()
 
 
