@@ -208,9 +208,22 @@ def export(c, config=None, set_=None, model=None):
         source = cfg.output_path(cfg.merge.out)
     else:
         source = _checkpoint_for(cfg, source)
-    out = _run_stage(run, source, cfg.output_path(cfg.export.out), cfg.export.batch_size, adapter)
+    out = _run_stage(run, source, cfg.output_path(cfg.export.out), cfg.export.batch_size, adapter,
+                     cfg.export.device)
     print(f"exported {source}{f' with {adapter} merged in' if adapter else ''} to {out} "
           f"(moshi-server config: {out / 'moshi-server.toml'})")
+
+
+@task(help={"model": "exported folder to serve (default: serve.model, i.e. the export)",
+            "port": "port on 127.0.0.1 (default: serve.port)", **HELP}, iterable=["set_"])
+def serve(c, config=None, set_=None, model=None, port=None):
+    """Serve an exported model with Kyutai's moshi-server on 127.0.0.1 until Ctrl-C."""
+    from pipeline.serve import serve as run
+
+    cfg = _config(config, set_ or [])
+    export_dir = cfg.output_path(model or cfg.serve.model)
+    _run_stage(run, export_dir, cfg.output_path("serve"), int(port or cfg.serve.port),
+               cfg.serve.batch_size or None, cfg.serve.device == "cpu")
 
 
 @task(name="eval", help={"candidate": "shortcut for --set eval.candidate=...: 'merged', 'export' or a checkpoint",
@@ -254,7 +267,7 @@ def verify_candle(c, config=None, set_=None, model=None):
     from pipeline.verify import verify_candle as run
 
     cfg = _config(config, set_ or [], model)
-    _run_stage(run, _checkpoint(cfg), cfg.verify.lm_dtype)
+    _run_stage(run, _checkpoint(cfg), cfg.verify.lm_dtype, None, cfg.verify.server)
 
 
 @task(name="load-check", **COMMON)

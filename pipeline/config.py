@@ -55,6 +55,8 @@ class VerifyConfig:
         "'f32' or 'f16').",
         "bf16",
     )
+    server: str = doc("Compare with Kyutai's moshi-server: 'auto' (when it is installed and the model is an "
+                      "export it can load), 'yes' (fail if it cannot run), 'no'.", "auto")
 
 
 @dataclass
@@ -167,7 +169,20 @@ class ExportConfig:
     source: str = doc("Checkpoint to export: 'merged' (the merge output), 'adapter' (merge merge.adapter into "
                       "model.source on the way: one pass, no merged folder) or any checkpoint.", "merged")
     out: str = doc("Runtime folder for moshi-server (relative paths are under `artifacts`).", "export")
-    batch_size: int = doc("batch_size written into the moshi-server config snippet.", 64)
+    device: str = doc("Where moshi-server will run the export: 'cuda' (production) or 'cpu'; sets the default "
+                      "batch size.", "cuda")
+    batch_size: int = doc("Streams (slots) moshi-server batches, written into moshi-server.toml; 0 = chosen for "
+                          "export.device: 64 on 'cuda' (Kyutai's own stt-1b-en_fr config), 1 on 'cpu' (the 1B "
+                          "shape takes 0.43 s per step at batch 1 on a 2-core CPU, 3.0 s at 64; real time is "
+                          "0.08 s).", 0)
+
+
+@dataclass
+class ServeConfig:
+    model: str = doc("Exported folder to serve (relative paths are under `artifacts`).", "export")
+    port: int = doc("Port on 127.0.0.1.", 8080)
+    device: str = doc("'cpu', or 'cuda' with a moshi-server built with `--features cuda`.", "cpu")
+    batch_size: int = doc("Streams (slots) the server batches; 0 = the export's moshi-server.toml value.", 1)
 
 
 @dataclass
@@ -184,8 +199,10 @@ class EvalConfig:
         "Fine-tuned model: 'merged' (merge.out), 'export' (export.out), or a preset, checkpoint "
         "directory or hub repo id.", "merged")
     runtime: str = doc(
-        "Streaming runtime: 'candle' (Kyutai's Rust runtime, as in production) or 'torch' (PyTorch "
-        "moshi, reloads the model per utterance).", "candle")
+        "Streaming runtime: 'candle' (Kyutai's Rust crate, a fresh stream per clip), 'torch' (PyTorch "
+        "moshi, reloads the model per utterance), 'server-semantics' (the Rust crate as moshi-server runs "
+        "it: warm-up, then a slot reset per connection) or 'server' (Kyutai's moshi-server itself on "
+        "127.0.0.1, what production gives; needs the server that bootstrap.sh installs).", "candle")
     pause_head: int = doc(
         "Pause head that ends the user's turn: 2 = 'no new word within 2 s' (the one Unmute reads).", 2)
     threshold: float = doc(
@@ -206,8 +223,8 @@ class EvalConfig:
     out: str = doc("Report folder (relative paths are under `artifacts`).", "eval")
 
     def __post_init__(self) -> None:
-        if self.runtime not in ("candle", "torch"):
-            raise ConfigError(f"eval.runtime must be 'candle' or 'torch', got {self.runtime!r}")
+        if self.runtime not in _RUNTIMES:
+            raise ConfigError(f"eval.runtime must be one of {_RUNTIMES}, got {self.runtime!r}")
         if self.split not in ("train", "eval"):
             raise ConfigError(f"eval.split must be 'train' or 'eval', got {self.split!r}")
         for name in ("threshold", "smooth_threshold"):
@@ -265,6 +282,8 @@ class Config:
     merge: MergeConfig = doc("Folding the LoRA into the weights (`invoke merge`).", default_factory=MergeConfig)
     export: ExportConfig = doc("The directory Kyutai's Rust runtime serves (`invoke export`).",
                                default_factory=ExportConfig)
+    serve: ServeConfig = doc("Kyutai's moshi-server on 127.0.0.1 with an export (`invoke serve`).",
+                             default_factory=ServeConfig)
     verify: VerifyConfig = doc(
         "Checks in Kyutai's Rust runtime (`invoke verify-candle`).", default_factory=VerifyConfig
     )
@@ -285,6 +304,7 @@ class Config:
 
 
 _DTYPES = ("bf16", "f16", "f32")
+_RUNTIMES = ("candle", "torch", "server-semantics", "server")
 _HEAD_LOSSES = ("supervised", "distill", "none")
 
 
@@ -292,6 +312,8 @@ def _validate(cfg: Config, where: str) -> None:
     """Checks beyond types: one line per problem, naming the field."""
     if cfg.verify.lm_dtype not in _DTYPES:
         raise ConfigError(f"{where}: verify.lm_dtype must be one of {_DTYPES}, got {cfg.verify.lm_dtype!r}")
+    if cfg.verify.server not in ("auto", "yes", "no"):
+        raise ConfigError(f"{where}: verify.server must be 'auto', 'yes' or 'no', got {cfg.verify.server!r}")
     if cfg.train.head_loss not in _HEAD_LOSSES:
         raise ConfigError(f"{where}: train.head_loss must be one of {_HEAD_LOSSES}, got {cfg.train.head_loss!r}")
     if cfg.train.method not in ("lora", "full"):
@@ -310,6 +332,15 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: train.lr must be positive, got {cfg.train.lr}")
     if cfg.merge.dtype not in ("bf16", "f32"):
         raise ConfigError(f"{where}: merge.dtype must be 'bf16' or 'f32', got {cfg.merge.dtype!r}")
+    if cfg.export.device not in ("cuda", "cpu"):
+        raise ConfigError(f"{where}: export.device must be 'cuda' or 'cpu', got {cfg.export.device!r}")
+    if cfg.serve.device not in ("cuda", "cpu"):
+        raise ConfigError(f"{where}: serve.device must be 'cpu' or 'cuda', got {cfg.serve.device!r}")
+    if not 0 < cfg.serve.port < 65536:
+        raise ConfigError(f"{where}: serve.port must be in 1..65535, got {cfg.serve.port}")
+    if cfg.export.batch_size < 0:
+        raise ConfigError(f"{where}: export.batch_size must be 0 (chosen for export.device) or more, "
+                          f"got {cfg.export.batch_size}")
     if not cfg.model.source:
         raise ConfigError(f"{where}: model.source is empty; give a preset, a directory or a repo id")
 

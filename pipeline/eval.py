@@ -116,13 +116,13 @@ def _stream_all(ckpt: Checkpoint, refs: Sequence[Reference], cfg: Config, label:
 
     from .data.audio import read_audio
 
-    runner = Runner(ckpt, cfg.eval.runtime, cfg.eval.flush_seconds)
     out = []
-    for ref in tqdm(refs, desc=f"{label} ({cfg.eval.runtime})", unit="utt"):
-        out.append(runner.run(read_audio(ref.path)))
-        if out[-1].pause.shape[1] <= cfg.eval.pause_head:
-            raise EvalError(f"eval.pause_head is {cfg.eval.pause_head} but {ckpt} has "
-                            f"{out[-1].pause.shape[1]} pause heads")
+    with Runner(ckpt, cfg.eval.runtime, cfg.eval.flush_seconds) as runner:
+        for ref in tqdm(refs, desc=f"{label} ({cfg.eval.runtime})", unit="utt"):
+            out.append(runner.run(read_audio(ref.path)))
+            if out[-1].pause.shape[1] <= cfg.eval.pause_head:
+                raise EvalError(f"eval.pause_head is {cfg.eval.pause_head} but {ckpt} has "
+                                f"{out[-1].pause.shape[1]} pause heads")
     return out
 
 

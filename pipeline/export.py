@@ -7,7 +7,8 @@
   without `depformer_multi_linear`) is dropped: no runtime reads it.
 - The Mimi weights (float32, same renames), the tokenizer and config.json (extra heads and
   stt_config kept).
-- `moshi-server.toml`: the ASR module section pointing at these files.
+- `moshi-server.toml`: a complete moshi-server config serving these files (deployment keys as
+  placeholders), which `moshi-server validate` accepts.
 - `manifest.json`: sha256 and size of every file; `verify-candle` refuses a directory whose
   files no longer match it.
 
@@ -52,17 +53,31 @@ def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None, merger:
                           ((legacy_name(k), t) for k, t in tensors))
 
 
-def server_config(out: Path, ckpt: Checkpoint, batch_size: int = 64) -> str:
-    """moshi-server's `[modules.asr]` section for this model (absolute local paths)."""
+SERVER_BATCH = {"cuda": 64, "cpu": 1}  # slots per device when export.batch_size is 0
+
+
+def server_config(out: Path, ckpt: Checkpoint, batch_size: int) -> str:
+    """A complete moshi-server config serving this model (absolute local paths); the
+    deployment keys at the top are placeholders that work for a local run."""
     out, config, delay = out.resolve(), ckpt.config, ckpt.delay_frames
     norm = {"rms_norm_f32": "RmsNorm", "rms_norm": "RmsNorm", "layer_norm": "LayerNorm"}[config["norm"]]
     lines = [
-        "# moshi-server ASR module serving this exported model (Kyutai's Rust runtime).",
-        "# Merge into a server config that sets static_dir, log_dir, instance_name and authorized_ids,",
-        "# then run: moshi-server worker --config <that file>",
+        "# Kyutai's moshi-server (crate 0.6.4) serving this exported model:",
+        "#   moshi-server worker --config moshi-server.toml --addr 127.0.0.1 --port 8080 [--cpu]",
+        "# or `invoke serve --model <this folder>`. Clients stream to ws://HOST:PORT/api/asr-streaming",
+        "# with the header `kyutai-api-key: <one of authorized_ids>`.",
+        "#",
+        "# Deployment keys (placeholders; set them for your server):",
+        'static_dir = "./static/"              # files served over HTTP (the ASR module needs none)',
+        'log_dir = "./logs"                    # server logs',
+        'instance_name = "stt-numerals"        # names this instance in its logs',
+        'authorized_ids = ["public_token"]     # API keys accepted in `kyutai-api-key`',
+        "",
     ]
     if "mimi_config_name" in config:
-        lines.append("# NOTE: this model uses a custom Mimi config; moshi-server builds only the standard Mimi.")
+        lines += ["# WARNING: this model's Mimi is not the standard one (config.json names a mimi_config):",
+                  "# moshi-server builds only the standard Mimi (moshi::mimi::Config::v0_1) and cannot",
+                  "# load it. Export a model with the standard Mimi (e.g. the `server` or `1b` preset).", ""]
     lines += [
         "[modules.asr]",
         'path = "/api/asr-streaming"',
@@ -71,7 +86,7 @@ def server_config(out: Path, ckpt: Checkpoint, batch_size: int = 64) -> str:
         f'text_tokenizer_file = "{out / config["tokenizer_name"]}"',
         f'audio_tokenizer_file = "{out / config["mimi_name"]}"',
         f"asr_delay_in_tokens = {delay}",
-        f"batch_size = {batch_size}",
+        f"batch_size = {batch_size}                        # concurrent streams (slots); see export.batch_size",
         "temperature = 0.0",
         "",
         "[modules.asr.model]",
@@ -107,8 +122,10 @@ def server_config(out: Path, ckpt: Checkpoint, batch_size: int = 64) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export(src: Checkpoint | Path, out: Path, batch_size: int = 64, adapter: Path | None = None) -> Path:
-    """Write the runtime directory for checkpoint `src` to `out`; return `out`. With `adapter`
+def export(src: Checkpoint | Path, out: Path, batch_size: int = 0, adapter: Path | None = None,
+           device: str = "cuda") -> Path:
+    """Write the runtime directory for checkpoint `src` to `out`; return `out`. The server config
+    batches `batch_size` streams (0: `SERVER_BATCH[device]`). With `adapter`
     (a LoRA run from `invoke train`), the LoRA is merged into `src` on the way, exactly as
     `invoke merge` would (float32, rounded to bf16 once): one read of the base, one write; the
     manifest then records the merge report."""
@@ -118,6 +135,7 @@ def export(src: Checkpoint | Path, out: Path, batch_size: int = 64, adapter: Pat
     if config.get("dep_q", 0) != 0:
         raise ExportError(f"{files['config']}: dep_q = {config['dep_q']}; only STT checkpoints (dep_q = 0) export")
     merger = None if adapter is None else LoraMerge(src, Path(adapter))
+    batch_size = batch_size or SERVER_BATCH[device]
     with atomic_dir(out) as tmp:
         _write_rust_tensors(files["lm"], tmp / files["lm"].name, torch.bfloat16, merger)
         _write_rust_tensors(files["mimi"], tmp / files["mimi"].name, None)

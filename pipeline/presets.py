@@ -7,6 +7,8 @@ test runs on checkpoints this module writes:
 
 - `tiny`: small dimensions and a tiny Mimi (described by `mimi_config_name`), built in seconds
   on a CPU; the default model of every stage and of the tests.
+- `server`: the `tiny` LM over the real Mimi architecture (8 codebooks), the smallest
+  checkpoint Kyutai's moshi-server can load (it builds only the standard Mimi).
 - `1b`: the real stt-1b-en_fr shapes and the real Mimi architecture, random weights in bf16,
   for scale, speed and parity work.
 
@@ -81,6 +83,13 @@ PRESETS: dict[str, Preset] = {
         dim=64, num_heads=4, num_layers=2, n_q=8, card=64, text_card=1000,
         mimi=small_mimi_config(n_q=8, bins=64), mimi_name="mimi-tiny.safetensors",
         tokenizer_name="tokenizer_en_fr_audio_1000.model", fit_seconds=120.0, kmeans_iters=10,
+    ),
+    # The standard Mimi (what moshi-server builds for every ASR model) under a tiny LM: the
+    # smallest checkpoint Kyutai's server can load, for the server tests and `invoke serve`.
+    "server": Preset(
+        dim=64, num_heads=4, num_layers=2, n_q=8, card=2048, text_card=1000,
+        mimi=None, mimi_name="mimi-pytorch-e351c8d8@125.safetensors",
+        tokenizer_name="tokenizer_en_fr_audio_1000.model", fit_seconds=60.0, kmeans_iters=6,
     ),
     "1b": Preset(
         dim=2048, num_heads=16, num_layers=16, n_q=32, card=2048, text_card=8000,

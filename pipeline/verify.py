@@ -6,6 +6,11 @@
 (b) Mimi: codes from Candle's streaming encoder against PyTorch moshi's, float32.
 (c) Streaming LM with identical codes: per step, max |delta text logits|, greedy-token
     agreement and max |delta pause probability|, over at least 200 steps.
+(d) The production path, Kyutai's moshi-server: our Candle streamer with the server's
+    semantics (warm-up, then a slot reset per connection: `candle_bridge.ServerStreamer`)
+    against the fresh-state streamer of (c), for information (the two differ, see the README);
+    then the real server, when it is installed and can load the model, against it: words equal
+    and pause probabilities within `SERVER_PAUSE_TOLERANCE`.
 
 Input convention. Kyutai's Rust ASR (`moshi::asr::State`, what moshi-server runs) feeds the
 LM the PREVIOUS frame's audio codes at each step (the pad token `card` at step 0), as training
@@ -79,9 +84,12 @@ def format_report(report: dict, limit: int = 8) -> str:
     return "\n".join(rows + details + [verdict])
 
 
-def verify_candle(ckpt: str | Path, lm_dtype: str = "bf16", audio: np.ndarray | None = None) -> dict:
-    """Print the loader report and the parity table; raise VerificationFailed (with the
-    tables) if any check fails. An exported directory must also match its manifest."""
+def verify_candle(ckpt: str | Path, lm_dtype: str = "bf16", audio: np.ndarray | None = None,
+                  server: str = "auto") -> dict:
+    """Print the loader report and the parity tables; raise VerificationFailed (with the
+    tables) if any check fails. An exported directory must also match its manifest.
+    `server`: 'auto' compares with moshi-server when it is installed and the model is an export
+    it can load, 'yes' requires that comparison, 'no' skips it."""
     from .export import MANIFEST, check_manifest
 
     ckpt = Path(ckpt)
@@ -96,8 +104,14 @@ def verify_candle(ckpt: str | Path, lm_dtype: str = "bf16", audio: np.ndarray | 
     parity = format_parity(mimi_agreement, rows)
     if mimi_agreement < MIMI_CODE_AGREEMENT or not all(r.passed for r in rows):
         raise VerificationFailed(parity + "\nFAILED: PyTorch and Candle disagree")
-    print(parity)
-    return {"report": report, "mimi_code_agreement": mimi_agreement, "parity": [asdict(r) for r in rows]}
+    print(parity, flush=True)
+    production = production_parity(ckpt, test_audio() if audio is None else audio, server)
+    table = format_production(production)
+    if not all(r.passed for r in production):
+        raise VerificationFailed(table + "\nFAILED: moshi-server disagrees with the production-semantics streamer")
+    print(table)
+    return {"report": report, "mimi_code_agreement": mimi_agreement, "parity": [asdict(r) for r in rows],
+            "production": [asdict(r) for r in production]}
 
 
 # --- streaming parity --------------------------------------------------------------------------
@@ -212,6 +226,101 @@ def format_parity(mimi_agreement: float, rows: list[Parity]) -> str:
     for r in rows:
         lines.append(f"{r.runtime:<28} {r.steps:>5} {r.max_logit_delta:>11.2e} {100 * r.token_agreement:>11.2f}% "
                      f"{r.max_pause_delta:>11.2e}  {'ok' if r.passed else 'FAILED'}")
+    return "\n".join(lines)
+
+
+# --- the production path: moshi-server's semantics, then the server itself --------------------
+
+SERVER_PAUSE_TOLERANCE = 1e-4  # float32, the same numbers computed by the same crate
+
+
+@dataclass
+class ProductionRow:
+    runtime: str  # e.g. "moshi-server vs server semantics"
+    steps: int
+    token_agreement: float | None  # greedy text tokens (None where the runtime sends words only)
+    words_equal: bool | None
+    max_pause_delta: float
+    mean_pause_delta: float
+    passed: bool
+    note: str = ""
+
+
+def server_semantics_stream(ckpt: Checkpoint, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """(text inputs, pause [T, heads], words [(step, text, start_time)]) of one connection to a
+    freshly started server, computed in-process by `candle_bridge.ServerStreamer`."""
+    import candle_bridge
+
+    streamer = candle_bridge.ServerStreamer(str(ckpt), ckpt.delay_frames)
+    text_in, pause, events = streamer.step_pcm(audio.astype(np.float32))
+    words = [(step, ckpt.tokenizer.decode(list(tokens)), start) for step, kind, tokens, start in events
+             if kind == "word"]
+    return np.asarray(text_in), np.asarray(pause), words
+
+
+def _server_skip_reason(ckpt: Checkpoint) -> str | None:
+    from .export import SERVER_CONFIG
+    from .serve import ServeError, server_binary
+
+    if not (Path(ckpt) / SERVER_CONFIG).is_file():
+        return f"not an exported folder (no {SERVER_CONFIG}); verify the output of `invoke export`"
+    if "mimi_config_name" in ckpt.config:
+        return "custom-width Mimi: moshi-server builds only the standard Mimi"
+    try:
+        server_binary()
+    except ServeError as e:
+        return str(e)
+    return None
+
+
+def production_parity(ckpt: str | Path, audio: np.ndarray, server: str = "auto") -> list[ProductionRow]:
+    """Rows (d) of the module doc."""
+    import tempfile
+
+    import candle_bridge
+
+    from .serve import running_server, stream_clip
+
+    ckpt = Checkpoint.of(ckpt)
+    text_in, pause, words = server_semantics_stream(ckpt, audio)
+    fresh_tokens, _, fresh_pause = candle_bridge.Streamer(str(ckpt)).step_pcm(audio.astype(np.float32))
+    delta = np.abs(pause - fresh_pause) if pause.size else np.zeros(1)
+    rows = [ProductionRow("server semantics vs fresh state", len(text_in),
+                          float((text_in[1:] == np.asarray(fresh_tokens)[:-1]).mean()), None,
+                          float(delta.max()), float(delta.mean()), True, "information: warm-up + slot reset")]
+    if server == "no":
+        return rows
+    if (reason := _server_skip_reason(ckpt)) is not None:
+        rows.append(ProductionRow("moshi-server vs server semantics", 0, None, None, 0.0, 0.0, server != "yes",
+                                  f"not run: {reason}"))
+        return rows
+    with tempfile.TemporaryDirectory(prefix="stt-numerals-serve-") as work, \
+            running_server(Path(ckpt), Path(work)) as url:
+        served = stream_clip(url, audio)
+    steps = len(text_in)
+    if len(served.pause) < steps:
+        rows.append(ProductionRow("moshi-server vs server semantics", len(served.pause), None, False, 1.0, 1.0,
+                                  False, f"the server sent {len(served.pause)} steps for {steps} frames"))
+        return rows
+    delta = np.abs(served.pause[:steps] - pause) if pause.size else np.zeros(1)
+    ours = [(step, text, round(start, 6)) for step, text, start in words]
+    theirs = [(w.step, w.text, round(w.start_time, 6)) for w in served.words if w.step < steps]
+    same = ours == theirs
+    passed = same and float(delta.max()) <= SERVER_PAUSE_TOLERANCE
+    rows.append(ProductionRow("moshi-server vs server semantics", steps, None, same, float(delta.max()),
+                              float(delta.mean()), passed, f"{len(ours)} words"))
+    return rows
+
+
+def format_production(rows: list[ProductionRow]) -> str:
+    lines = [f"{'Production path (moshi-server)':<34} {'steps':>5} {'tokens equal':>12} {'words':>6} "
+             f"{'max|dpause|':>11} {'mean|dpause|':>12}  result"]
+    for r in rows:
+        tokens = "-" if r.token_agreement is None else f"{100 * r.token_agreement:.2f}%"
+        words = "-" if r.words_equal is None else ("equal" if r.words_equal else "differ")
+        result = "ok" if r.passed else "FAILED"
+        lines.append(f"{r.runtime:<34} {r.steps:>5} {tokens:>12} {words:>6} {r.max_pause_delta:>11.2e} "
+                     f"{r.mean_pause_delta:>12.2e}  {result}{f' ({r.note})' if r.note else ''}")
     return "\n".join(lines)
 
 

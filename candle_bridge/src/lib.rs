@@ -6,7 +6,8 @@
 //! moshi constructors against a recording `VarBuilder` backend (see [`record_requests`]).
 //!
 //! [`Streamer`] then runs a checkpoint the way Kyutai's ASR server does, step by step, and
-//! returns each step's text token, text logits and pause probabilities.
+//! returns each step's text token, text logits and pause probabilities; [`ServerStreamer`]
+//! runs it with the semantics of Kyutai's moshi-server (warm-up, then a slot reset).
 
 mod checkpoint;
 mod json_fields;
@@ -16,21 +17,25 @@ mod models;
 mod recorder;
 mod report;
 mod safetensors_header;
+mod server_streaming;
 mod streaming;
 mod transformer_keys;
 
 #[cfg(feature = "python")]
 mod python;
 #[cfg(feature = "python")]
+mod python_server_streamer;
+#[cfg(feature = "python")]
 mod python_streamer;
 
 pub use checkpoint::Checkpoint;
 pub use lm_config::lm_config_from_json;
 pub use mimi_config::mimi_config_from_json;
-pub use models::{build_lm, build_mimi};
+pub use models::{build_lm, build_lm_batched, build_mimi, build_mimi_batched};
 pub use recorder::{record_requests, Requests};
 pub use report::{
     check_checkpoint, CheckpointReport, PartReport, TensorEntry, WrongDtype, WrongShape,
 };
 pub use safetensors_header::{read_tensor_index, TensorInfo};
+pub use server_streaming::{ServerStep, ServerStreamer, WordEvent, WARMUP_FRAMES};
 pub use streaming::{Step, Streamer};

@@ -13,3 +13,21 @@ pub fn build_lm(cfg: &moshi::lm::Config, vb: VarBuilder) -> candle::Result<LmMod
 pub fn build_mimi(cfg: &moshi::mimi::Config, vb: VarBuilder) -> candle::Result<Mimi> {
     Mimi::new(cfg.clone(), vb)
 }
+
+/// The LM as moshi-server's `BatchedAsr` builds it (`LmModel::batched`).
+pub fn build_lm_batched(
+    cfg: &moshi::lm::Config,
+    batch_size: usize,
+    vb: VarBuilder,
+) -> candle::Result<LmModel> {
+    LmModel::batched(batch_size, cfg, MaybeQuantizedVarBuilder::Real(vb))
+}
+
+/// Mimi as moshi-server's `BatchedAsr` builds it (`Mimi::batched`).
+pub fn build_mimi_batched(
+    cfg: &moshi::mimi::Config,
+    batch_size: usize,
+    vb: VarBuilder,
+) -> candle::Result<Mimi> {
+    Mimi::batched(batch_size, cfg.clone(), vb)
+}

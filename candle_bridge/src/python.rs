@@ -27,5 +27,7 @@ fn candle_bridge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(py_check_checkpoint, m)?)?;
     m.add_class::<crate::python_streamer::PyStreamer>()?;
+    m.add_class::<crate::python_server_streamer::PyServerStreamer>()?;
+    m.add("WARMUP_FRAMES", crate::WARMUP_FRAMES)?;
     Ok(())
 }

@@ -127,7 +127,7 @@ impl PyStreamer {
 
 /// The samples of `pcm`: a float32 NumPy array is copied as is, anything else is read as a
 /// sequence of floats.
-fn samples(pcm: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
+pub(crate) fn samples(pcm: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
     if let Ok(array) = pcm.downcast::<PyArray1<f32>>() {
         return Ok(array.readonly().as_array().to_vec());
     }
@@ -140,7 +140,7 @@ fn samples(pcm: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
 }
 
 /// `values` (row-major) as a (rows, cols) array; a 0-row result keeps its column count.
-fn matrix<'py, T: numpy::Element>(
+pub(crate) fn matrix<'py, T: numpy::Element>(
     py: Python<'py>,
     values: Vec<T>,
     rows: usize,
@@ -149,6 +149,6 @@ fn matrix<'py, T: numpy::Element>(
     PyArray1::from_vec(py, values).reshape([rows, cols])
 }
 
-fn value_error(e: anyhow::Error) -> PyErr {
+pub(crate) fn value_error(e: anyhow::Error) -> PyErr {
     PyValueError::new_err(format!("{e:#}"))
 }

@@ -5,63 +5,16 @@ mod common;
 use candle::{DType, Device, Tensor};
 use candle_bridge::{build_lm, build_mimi, Checkpoint, Step, Streamer};
 use candle_nn::VarBuilder;
-use common::{edit_weights, lm_json, write_checkpoint, LM_FILE, MIMI_FILE};
+use common::{fixture, noise, uniform, FRAME, TEXT_CARD};
 use moshi::asr::{AsrMsg, State};
 use std::path::Path;
 use tempfile::TempDir;
 
 /// The delay (in steps) of kyutai/stt-1b-en_fr's ASR config: 0.5 s at 12.5 Hz, + 0.
 const ASR_DELAY: usize = 6;
-const FRAME: usize = 1920;
 const N_Q: usize = 4;
 const CARD: u32 = 64;
-const TEXT_CARD: usize = 100;
 const STEPS: usize = 60;
-
-/// A fixture whose Mimi codes and greedy text tokens change from step to step, the tokens
-/// including the word ends 0 and 3; otherwise the comparisons below would test little.
-///
-/// The common fixture's weights (std 0.02) shrink the signal layer by layer, so Mimi gives the
-/// same codes for any audio: rescale its matrices to std 1/sqrt(fan_in) and its cluster usage
-/// to 1. The LM's text logits are
-/// nearly flat and the argmax barely moves, so no word would ever be closed: keep a few rows of
-/// `text_linear`, scaled up, and zero the others.
-fn fixture() -> TempDir {
-    let dir = TempDir::new().unwrap();
-    write_checkpoint(dir.path(), &lm_json(), DType::BF16);
-    edit_weights(&dir.path().join(MIMI_FILE), |tensors| {
-        for (name, t) in tensors.iter_mut() {
-            if name.ends_with("cluster_usage") {
-                // Codebook entries are embedding_sum / cluster_usage: keep them near the latents.
-                *t = t.ones_like().unwrap();
-            } else if t.rank() >= 2 {
-                let fan_in: usize = t.dims()[1..].iter().product();
-                *t = (&*t * (1.0 / (0.02 * (fan_in as f64).sqrt()))).unwrap();
-            }
-        }
-    });
-    edit_weights(&dir.path().join(LM_FILE), |tensors| {
-        let name = "text_linear.weight".to_string();
-        let scale: Vec<f32> = (0..TEXT_CARD)
-            .map(|i| {
-                if [0, 3, 10, 11, 12].contains(&i) {
-                    300.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let scale = Tensor::from_vec(scale, (TEXT_CARD, 1), &Device::Cpu).unwrap();
-        let w = tensors[&name].to_dtype(DType::F32).unwrap();
-        let w = w
-            .broadcast_mul(&scale)
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap();
-        tensors.insert(name, w);
-    });
-    dir
-}
 
 /// The LM in f32: the only dtype candle can run on CPU. The bf16 fixture loads exactly.
 fn open(dir: &TempDir) -> Streamer {
@@ -79,32 +32,11 @@ fn asr_state(dir: &Path) -> State {
     State::new(1, ASR_DELAY, 0.0, mimi, lm).unwrap()
 }
 
-/// Deterministic pseudo-random numbers in [0, 1) (a 64-bit LCG), so failures reproduce.
-fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
-}
-
 /// `STEPS` frames of valid audio codes, one `N_Q`-long row per frame.
 fn codes() -> Vec<Vec<u32>> {
     uniform(STEPS * N_Q, 1)
         .chunks(N_Q)
         .map(|row| row.iter().map(|u| (u * CARD as f32) as u32).collect())
-        .collect()
-}
-
-/// `frames` frames of noise in [-0.5, 0.5).
-fn noise(frames: usize) -> Vec<f32> {
-    uniform(frames * FRAME, 2)
-        .into_iter()
-        .map(|u| u - 0.5)
         .collect()
 }
 

@@ -346,7 +346,7 @@ def write_report(folder: Path, meta: dict, refs: list[Reference], runs: dict[str
         entry = {"id": ref.id, "path": ref.path, "category": ref.category, "timing": ref.timing}
         for m in MODELS:
             entry[m] = {**scores[m][i], "words": [{"text": w.text, "step": w.step, "start": round(w.start, 3)}
-                                                  for w in runs[m][i].words], "steps": len(runs[m][i].tokens)}
+                                                  for w in runs[m][i].words], "steps": len(runs[m][i].pause)}
         utterances.append(entry)
     (folder / "metrics.json").write_text(json.dumps({"meta": meta, "summary": summary, "utterances": utterances},
                                                     indent=1, ensure_ascii=False) + "\n")

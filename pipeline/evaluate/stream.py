@@ -1,12 +1,23 @@
-"""Stream audio through a checkpoint as Kyutai's ASR server does: Candle (production) or PyTorch.
+"""Stream audio through a checkpoint in one of four runtimes:
+
+- 'candle': Kyutai's Rust crate with a fresh `moshi::asr::State` per clip (`candle_bridge.Streamer`);
+- 'torch': PyTorch moshi with the same input convention;
+- 'server-semantics': the Rust crate with moshi-server's semantics, warm-up then a slot reset per
+  connection (`candle_bridge.ServerStreamer`), in-process;
+- 'server': Kyutai's moshi-server itself on 127.0.0.1, one websocket connection per clip (the
+  checkpoint is exported to a temporary folder first unless it is an export).
 
 Each clip is padded to whole 1920-sample frames and followed by `flush_seconds` of silence, so
 the words the model writes `audio_delay_seconds` late still come out; one step per frame.
+With the two server runtimes the words are the server's `Word` messages: `HypWord.step` is the
+step that closed the word and `start` the server's `start_time` (the previous word's end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +31,7 @@ from .sources import EvalError
 
 @dataclass
 class Streamed:
-    tokens: np.ndarray  # [T] greedy text tokens
+    tokens: np.ndarray  # [T] greedy text tokens ('candle', 'torch'); empty for the server runtimes
     pause: np.ndarray  # [T, heads] P(pause) per head
     words: list[HypWord]
 
@@ -33,8 +44,12 @@ def with_flush(audio: np.ndarray, flush_seconds: float) -> np.ndarray:
     return out
 
 
+RUNTIMES = ("candle", "torch", "server-semantics", "server")
+
+
 class Runner:
-    """One checkpoint in one runtime; `run(audio)` streams a fresh clip (state reset)."""
+    """One checkpoint in one runtime; `run(audio)` streams a fresh clip (state reset, or a new
+    connection). Use as a context manager: the 'server' runtime runs a server until `close()`."""
 
     def __init__(self, ckpt: Checkpoint | Path, runtime: str = "candle", flush_seconds: float = 2.0):
         self.ckpt, self.runtime, self.flush_seconds = Checkpoint.of(ckpt), runtime, flush_seconds
@@ -46,19 +61,44 @@ class Runner:
             raise EvalError(f"{self.ckpt}: the checkpoint has no pause heads (extra_heads_num_heads = 0); "
                             "use a '-candle' checkpoint such as kyutai/stt-1b-en_fr-candle")
         self.tokenizer = self.ckpt.tokenizer
-        self._streamer = None
-        if runtime == "candle":
-            import candle_bridge
+        self._streamer, self._url, self._resources = None, None, contextlib.ExitStack()
+        if runtime not in RUNTIMES:
+            raise EvalError(f"eval.runtime must be one of {RUNTIMES}, got {runtime!r}")
+        import candle_bridge
 
+        if runtime == "candle":
             self._streamer = candle_bridge.Streamer(str(self.ckpt))
-        elif runtime != "torch":
-            raise EvalError(f"eval.runtime must be 'candle' or 'torch', got {runtime!r}")
+        elif runtime == "server-semantics":
+            self._streamer = candle_bridge.ServerStreamer(str(self.ckpt), self.ckpt.delay_frames)
+        elif runtime == "server":
+            self._url = self._start_server()
+
+    def _start_server(self) -> str:
+        from ..export import SERVER_CONFIG, export
+        from ..serve import running_server
+
+        work = Path(self._resources.enter_context(tempfile.TemporaryDirectory(prefix="stt-numerals-eval-")))
+        folder = Path(self.ckpt)
+        if not (folder / SERVER_CONFIG).is_file():
+            folder = export(self.ckpt, work / "export", batch_size=1, device="cpu")
+        return self._resources.enter_context(running_server(folder, work / "serve"))
+
+    def close(self) -> None:
+        self._resources.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
     def run(self, audio: np.ndarray) -> Streamed:
         pcm = with_flush(np.asarray(audio, dtype=np.float32), self.flush_seconds)
+        if self.runtime in ("server", "server-semantics"):
+            return self._run_served(pcm)
         if self._streamer is not None:
             self._streamer.reset()
             tokens, _, pause = self._streamer.step_pcm(pcm)
@@ -69,3 +109,19 @@ class Runner:
             tokens, pause = out.tokens, out.pause
         tokens = np.asarray(tokens, dtype=np.int64)
         return Streamed(tokens, np.asarray(pause, dtype=np.float32), decode_words(tokens, self.decode, self.delay))
+
+    def _run_served(self, pcm: np.ndarray) -> Streamed:
+        """The clip's steps and words as the server sends them (steps beyond the clip, which the
+        server runs while the client waits for its marker, are dropped)."""
+        steps = len(pcm) // FRAME_SAMPLES
+        if self.runtime == "server":
+            from ..serve import stream_clip
+
+            served = stream_clip(self._url, pcm)
+            pause, words = served.pause[:steps], [(w.step, w.text, w.start_time) for w in served.words]
+        else:
+            self._streamer.new_connection()
+            _, pause, events = self._streamer.step_pcm(pcm)
+            words = [(step, self.decode(list(tokens)), start) for step, kind, tokens, start in events if kind == "word"]
+        hyp = [HypWord(text, step, start) for step, group, start in words if step < steps for text in group.split()]
+        return Streamed(np.zeros(0, dtype=np.int64), np.asarray(pause, dtype=np.float32), hyp)

@@ -11,6 +11,7 @@ use candle_bridge::{
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
+use tempfile::TempDir;
 
 pub const LM_FILE: &str = "model.safetensors";
 pub const MIMI_FILE: &str = "mimi.safetensors";
@@ -114,4 +115,73 @@ fn random_tensors<'a>(
 
 fn save(path: &Path, tensors: HashMap<String, Tensor>) {
     candle::safetensors::save(&tensors, path).unwrap();
+}
+
+pub const FRAME: usize = 1920;
+pub const TEXT_CARD: usize = 100;
+
+/// A fixture whose Mimi codes and greedy text tokens change from step to step, the tokens
+/// including the word ends 0 and 3; otherwise the comparisons below would test little.
+///
+/// The common fixture's weights (std 0.02) shrink the signal layer by layer, so Mimi gives the
+/// same codes for any audio: rescale its matrices to std 1/sqrt(fan_in) and its cluster usage
+/// to 1. The LM's text logits are
+/// nearly flat and the argmax barely moves, so no word would ever be closed: keep a few rows of
+/// `text_linear`, scaled up, and zero the others.
+pub fn fixture() -> TempDir {
+    let dir = TempDir::new().unwrap();
+    write_checkpoint(dir.path(), &lm_json(), DType::BF16);
+    edit_weights(&dir.path().join(MIMI_FILE), |tensors| {
+        for (name, t) in tensors.iter_mut() {
+            if name.ends_with("cluster_usage") {
+                // Codebook entries are embedding_sum / cluster_usage: keep them near the latents.
+                *t = t.ones_like().unwrap();
+            } else if t.rank() >= 2 {
+                let fan_in: usize = t.dims()[1..].iter().product();
+                *t = (&*t * (1.0 / (0.02 * (fan_in as f64).sqrt()))).unwrap();
+            }
+        }
+    });
+    edit_weights(&dir.path().join(LM_FILE), |tensors| {
+        let name = "text_linear.weight".to_string();
+        let scale: Vec<f32> = (0..TEXT_CARD)
+            .map(|i| {
+                if [0, 3, 10, 11, 12].contains(&i) {
+                    300.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let scale = Tensor::from_vec(scale, (TEXT_CARD, 1), &Device::Cpu).unwrap();
+        let w = tensors[&name].to_dtype(DType::F32).unwrap();
+        let w = w
+            .broadcast_mul(&scale)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        tensors.insert(name, w);
+    });
+    dir
+}
+
+/// Deterministic pseudo-random numbers in [0, 1) (a 64-bit LCG), so failures reproduce.
+pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+/// `frames` frames of noise in [-0.5, 0.5).
+pub fn noise(frames: usize) -> Vec<f32> {
+    uniform(frames * FRAME, 2)
+        .into_iter()
+        .map(|u| u - 0.5)
+        .collect()
 }

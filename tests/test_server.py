@@ -1,0 +1,135 @@
+"""Kyutai's real moshi-server (0.6.4, installed by bootstrap.sh) serving our export on loopback.
+
+The `server` preset (the tiny LM over the standard Mimi, which is all the server can build) is
+exported, served on 127.0.0.1, and the dataset's eval clips are streamed through it; what the
+server sends must equal our production-semantics streamer (`candle_bridge.ServerStreamer`):
+the same words at the same steps, pause probabilities within 1e-4 (float32). These tests fail,
+not skip, when the server is missing: bootstrap.sh installs it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.checkpoint import Checkpoint
+from pipeline.config import load_config
+from pipeline.data import build_dataset, read_split
+from pipeline.data.audio import read_audio
+from pipeline.evaluate.stream import Runner, with_flush
+from pipeline.export import SERVER_CONFIG, export
+from pipeline.presets import make_checkpoint
+from pipeline.serve import (
+    ServeError,
+    run_config,
+    running_server,
+    server_binary,
+    stream_clip,
+)
+from pipeline.verify import SERVER_PAUSE_TOLERANCE, production_parity
+
+
+def _make_it_write_words(ckpt: Path) -> None:
+    """A random LM's text logits are nearly flat, so its greedy token never closes a word and a
+    word comparison would compare nothing: keep five rows of the text head (the word ends 0 and
+    3 among them), scaled up, so the argmax moves with the audio and words come out."""
+    path = ckpt / "model.safetensors"
+    tensors = load_file(str(path))
+    head = tensors["text_linear.weight"].float()
+    keep = torch.zeros(head.shape[0], 1)
+    keep[[0, 3, 10, 11, 12]] = 300.0
+    tensors["text_linear.weight"] = (head * keep).to(torch.bfloat16)
+    save_file(tensors, str(path))
+
+
+@pytest.fixture(scope="module")
+def served_export(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    ckpt = make_checkpoint("server", tmp / "server", seed=0)
+    _make_it_write_words(ckpt)
+    return export(ckpt, tmp / "export", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[np.ndarray]:
+    """Eval clips of a small espeak dataset, each followed by the eval's flush silence."""
+    cfg = load_config(None, [f"artifacts={tmp_path_factory.mktemp('data')}", "data.count=12",
+                             "data.eval_fraction=0.34", "data.piper_fraction=0", "data.french_fraction=0",
+                             "data.seed=3"])
+    folder = build_dataset(cfg)
+    utterances = read_split(folder, "eval")[:3]
+    assert utterances, "no eval clips"
+    return [with_flush(read_audio(u.path), 2.0) for u in utterances]
+
+
+@pytest.fixture(scope="module")
+def server_url(served_export, tmp_path_factory):
+    with running_server(served_export, tmp_path_factory.mktemp("serve")) as url:
+        yield url
+
+
+def test_the_exported_config_is_complete_and_validates(served_export):
+    config = tomllib.loads((served_export / SERVER_CONFIG).read_text())
+    assert {"static_dir", "log_dir", "instance_name", "authorized_ids"} <= config.keys()
+    assert config["modules"]["asr"]["batch_size"] == 1  # export.device = cpu
+    done = subprocess.run([str(server_binary()), "validate", str(served_export / SERVER_CONFIG)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_batch_size_follows_the_target_device(served_export, tmp_path):
+    cuda = export(Checkpoint.open(served_export), tmp_path / "cuda")
+    assert tomllib.loads((cuda / SERVER_CONFIG).read_text())["modules"]["asr"]["batch_size"] == 64
+    run = tomllib.loads(run_config(cuda, tmp_path / "run", batch_size=3).read_text())
+    assert run["modules"]["asr"]["batch_size"] == 3 and run["log_dir"] == str((tmp_path / "run" / "log_dir").resolve())
+
+
+def test_server_streams_equal_the_production_semantics_streamer(served_export, server_url, clips):
+    ckpt = Checkpoint.open(served_export)
+    words_seen = 0
+    with Runner(ckpt, "server-semantics", 2.0) as ours:
+        for pcm in clips:
+            served = stream_clip(server_url, pcm)
+            steps = len(pcm) // 1920
+            assert len(served.pause) >= steps  # the clip, then silence until the marker came back
+            expected = ours._run_served(pcm)
+            assert np.abs(served.pause[:steps] - expected.pause).max() <= SERVER_PAUSE_TOLERANCE
+            theirs = [(w.step, text) for w in served.words if w.step < steps for text in w.text.split()]
+            assert theirs == [(w.step, w.text) for w in expected.words]
+            words_seen += len(theirs)
+    assert words_seen > 0, "no words in any clip: the comparison tested only the pause heads"
+
+
+def test_a_second_connection_gets_the_same_stream(server_url, clips):
+    first, second = stream_clip(server_url, clips[0]), stream_clip(server_url, clips[0])
+    steps = len(clips[0]) // 1920
+    np.testing.assert_array_equal(first.pause[:steps], second.pause[:steps])
+
+
+def test_verify_candle_production_rows(served_export, clips):
+    audio = clips[0]
+    rows = production_parity(served_export, audio)
+    assert [r.runtime for r in rows] == ["server semantics vs fresh state", "moshi-server vs server semantics"]
+    assert rows[1].passed and rows[1].steps == len(audio) // 1920 and rows[1].max_pause_delta <= 1e-4
+    # The production semantics are not a fresh stream: the pause heads differ from step 0 on.
+    assert rows[0].max_pause_delta > 1e-3
+
+
+def test_a_custom_mimi_export_is_refused_with_a_reason(tiny_ckpt, tmp_path):
+    rows = production_parity(export(tiny_ckpt, tmp_path / "export", device="cpu"),
+                             np.zeros(1920 * 10, dtype=np.float32), "auto")
+    assert "custom-width Mimi" in rows[1].note and rows[1].passed
+    rows = production_parity(tmp_path / "export", np.zeros(1920 * 10, dtype=np.float32), "yes")
+    assert not rows[1].passed
+
+
+def test_a_missing_server_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOSHI_SERVER", str(tmp_path / "nope"))
+    with pytest.raises(ServeError, match="MOSHI_SERVER=.*no such file"):
+        server_binary()
