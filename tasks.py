@@ -140,7 +140,8 @@ def record(c, config=None, set_=None, model=None, count=20, lang="en", seed=None
             "gpus": "number of GPUs: >1 launches torchrun (DDP)", **HELP, **MODEL_HELP}, iterable=["set_"])
 def train(c, config=None, set_=None, model=None, resume=False, gpus=1):
     """LoRA fine-tune the STT model so digit sequences come out as words (delay-correct, VAD heads kept)."""
-    from pipeline.train import launch, train as run
+    from pipeline.train import launch
+    from pipeline.train import train as run
 
     cfg = _config(config, set_ or [], model)
     ckpt = _checkpoint(cfg)
@@ -214,15 +215,23 @@ def export(c, config=None, set_=None, model=None):
           f"(moshi-server config: {out / 'moshi-server.toml'})")
 
 
-@task(help={"model": "exported folder to serve (default: serve.model, i.e. the export)",
+@task(help={"model": "what to serve: an exported folder (default: serve.model, i.e. the export) or any "
+                     "checkpoint (preset such as `server`, directory, repo id), exported first",
             "port": "port on 127.0.0.1 (default: serve.port)", **HELP}, iterable=["set_"])
 def serve(c, config=None, set_=None, model=None, port=None):
-    """Serve an exported model with Kyutai's moshi-server on 127.0.0.1 until Ctrl-C."""
+    """Serve a model with Kyutai's moshi-server on 127.0.0.1 until Ctrl-C."""
+    from pipeline.export import SERVER_CONFIG
+    from pipeline.export import export as run_export
     from pipeline.serve import serve as run
 
     cfg = _config(config, set_ or [])
-    export_dir = cfg.output_path(model or cfg.serve.model)
-    _run_stage(run, export_dir, cfg.output_path("serve"), int(port or cfg.serve.port),
+    source = model or cfg.serve.model
+    folder = cfg.output_path(source)
+    if not (folder / SERVER_CONFIG).is_file():  # a checkpoint, not an export: export it first
+        ckpt = _checkpoint_for(cfg, source)
+        folder = _run_stage(run_export, ckpt, cfg.output_path("serve") / f"{ckpt.path.name}-export",
+                            0, None, cfg.serve.device)
+    _run_stage(run, folder, cfg.output_path("serve"), int(port or cfg.serve.port),
                cfg.serve.batch_size or None, cfg.serve.device == "cpu")
 
 

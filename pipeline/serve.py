@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -70,6 +71,10 @@ def run_config(export: Path, workdir: Path, batch_size: int | None = None) -> Pa
     source = Path(export) / SERVER_CONFIG
     if not source.is_file():
         raise ServeError(f"{source}: not found; `invoke export` writes it (is {export} an exported folder?)")
+    if "mimi_config_name" in json.loads((Path(export) / "config.json").read_text()):
+        raise ServeError(f"{export}: its Mimi is not the standard one (config.json names a mimi_config, e.g. the "
+                         "`tiny` preset's) and moshi-server builds only the standard Mimi; serve a model with the "
+                         "standard Mimi, e.g. `invoke serve --model server`")
     text = source.read_text()
     workdir.mkdir(parents=True, exist_ok=True)
     for key in ("static_dir", "log_dir"):

@@ -1,10 +1,11 @@
 """The model-organism experiment (issue #7), shrunk to a few CPU minutes: the real commands on
 configs/organism-ci.yaml, then the direction of each effect on the held-out eval prompts.
 
-A model this small and this briefly trained transcribes poorly; what must hold is what the
-experiment is about: the base writes dictated numbers as digits and its pause head fires
-mid-dictation; after the word-form fine-tune, fewer spans come out as digits, more as words,
-and fewer dictations are cut off. The full-size figures are in the README.
+A model this small and this briefly trained transcribes poorly; what must hold: the base writes
+dictated numbers as digits and its pause head fires mid-dictation; after the word-form
+fine-tune, fewer spans come out as digits. Whether fewer dictations are cut off is not stable
+at this scale (see `test_the_base_is_cut_off_mid_dictation`). The full-size figures are in the
+README.
 """
 
 from __future__ import annotations
@@ -82,8 +83,20 @@ def test_digits_before_words_after(experiment):
     assert cand["exact_share"] >= base["exact_share"]
 
 
-def test_fewer_dictations_cut_off_after(experiment):
-    base, cand = experiment["summary"]["base"], experiment["summary"]["candidate"]
-    b, c = base["vad"]["threshold"], cand["vad"]["threshold"]
-    assert b["dictations_cut"] > c["dictations_cut"]
-    assert b["cutoffs_in_numbers"] > c["cutoffs_in_numbers"]
+def test_the_base_is_cut_off_mid_dictation(experiment):
+    """The problem the fine-tune is for shows in the base: its pause head fires during most
+    dictations (50-68 % of them in the four CPU runs measured, 2026-12-01).
+
+    Whether the fine-tune then cuts off fewer dictations is NOT asserted at this scale: the same
+    recipe on three dataset seeds and on CI's CPU gave 27 -> 17, 20 -> 18, 22 -> 22 dictations
+    cut and 49 -> 31, 42 -> 51, 57 -> 63, 39 -> 39 cut-offs inside numbers (400 LoRA steps or
+    head-loss weight 2 did not make it consistent). A model trained for two CPU minutes cuts
+    callers off mostly because it recognizes poorly, not because of the digit habit; the effect
+    needs a credible organism (issue #16)."""
+    base = experiment["summary"]["base"]["vad"]["threshold"]
+    assert base["dictations"] >= 20
+    assert base["dictations_cut_share"] >= 0.4
+    # every figure of the cut-off table is computed for both models
+    cand = experiment["summary"]["candidate"]["vad"]["threshold"]
+    for key in ("dictations_cut", "cutoffs_in_numbers", "spans_cut", "turn_end_detected"):
+        assert isinstance(base[key], int) and isinstance(cand[key], int), key

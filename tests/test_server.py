@@ -9,7 +9,10 @@ not skip, when the server is missing: bootstrap.sh installs it.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from pipeline.export import SERVER_CONFIG, export
 from pipeline.presets import make_checkpoint
 from pipeline.serve import (
     ServeError,
+    free_port,
     run_config,
     running_server,
     server_binary,
@@ -46,6 +50,9 @@ def _make_it_write_words(ckpt: Path) -> None:
     keep[[0, 3, 10, 11, 12]] = 300.0
     tensors["text_linear.weight"] = (head * keep).to(torch.bfloat16)
     save_file(tensors, str(path))
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +140,30 @@ def test_a_missing_server_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("MOSHI_SERVER", str(tmp_path / "nope"))
     with pytest.raises(ServeError, match="MOSHI_SERVER=.*no such file"):
         server_binary()
+
+
+def _invoke_serve(model: Path, port: int, artifacts: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "invoke", "serve", "--model", str(model), "--port", str(port),
+           "--set", f"artifacts={artifacts}"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+def test_invoke_serve_serves_until_stopped(served_export, clips, tmp_path):
+    port = free_port()
+    proc = _invoke_serve(served_export, port, tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert f"ws://127.0.0.1:{port}/api/asr-streaming" in line, line
+        served = stream_clip(f"ws://127.0.0.1:{port}/api/asr-streaming", clips[0])
+        assert len(served.pause) >= len(clips[0]) // 1920
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_invoke_serve_refuses_a_custom_mimi_in_one_line(tiny_ckpt, tmp_path):
+    proc = _invoke_serve(export(tiny_ckpt, tmp_path / "export", device="cpu"), free_port(), tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert out.strip().splitlines()[-1].startswith("error: ") and "invoke serve --model server" in out
