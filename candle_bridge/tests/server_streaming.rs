@@ -110,3 +110,37 @@ fn mimi_reset_batch_idx_is_not_a_fresh_state() {
     full_reset.reset_state();
     assert_eq!(mimi_codes(&mut full_reset, &frame), fresh);
 }
+
+fn lm_logits(lm: &mut moshi::lm::LmModel, steps: usize) -> Vec<Vec<f32>> {
+    let dev = Device::Cpu;
+    let mask = StreamMask::new(vec![true], &dev).unwrap();
+    (0..steps)
+        .map(|i| {
+            let text = Tensor::new(&[[lm.text_start_token()]], &dev).unwrap();
+            let audio = (0..lm.in_audio_codebooks())
+                .map(|c| Some(Tensor::new(&[[((i * 7 + c * 3) % 64) as u32]], &dev).unwrap()))
+                .collect();
+            let (logits, _) = lm.forward_cond(Some(text), audio, None, &mask).unwrap();
+            logits.flatten_all().unwrap().to_vec1().unwrap()
+        })
+        .collect()
+}
+
+/// The LM's slot reset, by contrast, does give a fresh state back: the difference above is
+/// Mimi's alone.
+#[test]
+fn lm_reset_batch_idx_is_a_fresh_state() {
+    let dir = fixture();
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let lm = || {
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&ckpt.lm_file], DType::F32, &Device::Cpu)
+        };
+        candle_bridge::build_lm_batched(&ckpt.lm, 1, vb.unwrap()).unwrap()
+    };
+    let fresh = lm_logits(&mut lm(), 5);
+    let mut slot_reset = lm();
+    lm_logits(&mut slot_reset, WARMUP_FRAMES);
+    slot_reset.reset_batch_idx(0, 1).unwrap();
+    assert_eq!(lm_logits(&mut slot_reset, 5), fresh);
+}
