@@ -2,7 +2,9 @@
 
 Both run in the same process on the same card with random weights (speed depends on shapes):
 - peer: moshi's LMModel with moshi's LoRA trained plainly (bf16 weights and LoRA, AdamW,
-  text cross-entropy), as shared/research/peer_moshi_lora.py measured it;
+  text cross-entropy), as shared/research/peer_moshi_lora.py measured it; and the same peer
+  with one line more, `torch.compile` on its loss function (`train_peer_compiled`), the peer a
+  user who knows torch.compile would run;
 - ours: the train stage's own step, `pipeline.train.train_step` on a trainer built by
   `make_trainer` with the default `train` config (float32 LoRA under bf16 autocast, text loss
   with padding weights, supervised pause-head loss, gradient clipping).
@@ -79,8 +81,10 @@ def _time(step, steps: int, warmup: int) -> float:
 
 def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 30.0, rank: int = 128,
                 checkpointing: bool = False, steps: int = 8, warmup: int = 3, device: str = "cuda",
-                compile: bool = False, world: int = 1) -> dict:
-    """Median step time of one training configuration, as a dict of figures."""
+                compile: bool = False, world: int = 1, profile: Path | None = None,
+                compile_mode: str = "default") -> dict:
+    """Median step time of one training configuration, as a dict of figures. With `profile`, a
+    torch.profiler table of three more steps (CUDA time per op, top 40) is written there."""
     import dataclasses
 
     from moshi.modules.lora import replace_all_linear_with_lora
@@ -104,13 +108,19 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
         lm.train()
         opt = torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1)
 
-        def step():
+        def loss_fn():
             _, logits = lm.forward_text(inputs)
-            F.cross_entropy(logits[:, 0].float().reshape(-1, cfg["text_card"]), codes[:, 0].reshape(-1)).backward()
+            return F.cross_entropy(logits[:, 0].float().reshape(-1, cfg["text_card"]), codes[:, 0].reshape(-1))
+
+        loss = torch.compile(loss_fn) if compile else loss_fn  # the peer's one line
+
+        def step():
+            loss().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
     else:
-        tc = dataclasses.replace(load_config(None).train, lora_rank=rank, compile=compile, method="lora")
+        tc = dataclasses.replace(load_config(None).train, lora_rank=rank, compile=compile, method="lora",
+                                 compile_mode=compile_mode)
         trainer = tr.make_trainer(lm, tc, device, world)
         pause = torch.randint(0, 2, (batch, T, 4), device=device).float()
         ones, zeros = torch.ones(batch, T, device=device), torch.zeros(batch, T, device=device)
@@ -121,13 +131,23 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
 
     torch.cuda.reset_peak_memory_stats()
     seconds_per_step = _time(step, steps, warmup)
+    peak = torch.cuda.max_memory_allocated()
+    if profile is not None:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        Path(profile).write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
     frames = batch * T
-    variant = impl + ("_compiled" if compile else "")
+    variant = impl + ("_compiled" if compile else "") + ("_cudagraphs" if compile_mode == "reduce-overhead" else "")
     result = {"what": f"train_{variant}", "preset": preset, "batch": batch, "seconds": seconds, "rank": rank,
               "checkpointing": checkpointing, "step_s": round(seconds_per_step, 4),
               "frames_per_s": round(frames / seconds_per_step),
               "model_tflops": round(flops_per_frame(cfg, T) * frames / seconds_per_step / 1e12, 1),
-              "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+              "peak_gib": round(peak / 2**30, 2),
               "gpu": torch.cuda.get_device_name()}
     return result
 
@@ -205,25 +225,29 @@ def bench_stream(ckpt, steps: int = 50, warmup: int = 5) -> dict:
     return out
 
 
-def run_train_benchmarks(out=print) -> list[dict]:
-    """Peer, then ours eager and compiled, without and with per-layer checkpointing, in one process;
-    each of our rows carries its ratio to the peer's frames/s and memory, and MFU against the
-    card's measured bf16 matmul rate."""
+def run_train_benchmarks(out=print, profile_dir: Path | None = None) -> list[dict]:
+    """The eager and the compiled peer, then ours eager and compiled, without and with per-layer
+    checkpointing, in one process; each of our rows carries its ratio to both peers' frames/s
+    and memory (`speed_vs_peer`, `speed_vs_compiled_peer`, ...), and MFU against the card's
+    measured bf16 matmul rate. `profile_dir`: a profiler table per row of the first pass."""
     rate = matmul_rate()
     rows = []
     for checkpointing in (False, True):
-        peer = None
-        for impl, compile in (("peer", False), ("ours", False), ("ours", True)):
+        peers = {}
+        for impl, compile in (("peer", False), ("peer", True), ("ours", False), ("ours", True)):
             if compile and checkpointing:
                 continue  # compiled recomputation is not what users run here
-            row = bench_train(impl, checkpointing=checkpointing, compile=compile)
+            name = f"train_{impl}{'_compiled' if compile else ''}"
+            profile = profile_dir / f"{name}.txt" if profile_dir is not None and not checkpointing else None
+            row = bench_train(impl, checkpointing=checkpointing, compile=compile, profile=profile)
             torch.cuda.empty_cache()
             row["mfu_pct"] = round(100 * row["model_tflops"] * 1e12 / rate, 1)
             if impl == "peer":
-                peer = row
+                peers["peer" if not compile else "compiled_peer"] = row
             else:
-                row["speed_vs_peer"] = round(row["frames_per_s"] / peer["frames_per_s"], 2)
-                row["memory_vs_peer"] = round(row["peak_gib"] / peer["peak_gib"], 2)
+                for key, peer in peers.items():
+                    row[f"speed_vs_{key}"] = round(row["frames_per_s"] / peer["frames_per_s"], 2)
+                    row[f"memory_vs_{key}"] = round(row["peak_gib"] / peer["peak_gib"], 2)
             rows.append(row)
             out(json.dumps(row))
     out(json.dumps({"what": "bf16_matmul_tflops", "value": round(rate / 1e12, 1)}))
@@ -327,5 +351,14 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["ddp"]:
         _ddp_child()
-    else:
-        run_train_benchmarks()
+    elif sys.argv[1:2] == ["cudagraphs"]:  # the compiled peer against our step with CUDA graphs
+        peer = bench_train("peer", compile=True)
+        print(json.dumps(peer))
+        for mode in ("default", "reduce-overhead"):
+            torch.cuda.empty_cache()
+            row = bench_train("ours", compile=True, compile_mode=mode)
+            row["speed_vs_compiled_peer"] = round(row["frames_per_s"] / peer["frames_per_s"], 2)
+            row["memory_vs_compiled_peer"] = round(row["peak_gib"] / peer["peak_gib"], 2)
+            print(json.dumps(row))
+    else:  # python -m pipeline.bench [PROFILE_DIR]: the train rows, with profiler tables if given
+        run_train_benchmarks(profile_dir=Path(sys.argv[1]) if sys.argv[1:] else None)

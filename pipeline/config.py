@@ -151,6 +151,8 @@ class TrainConfig:
     activation_checkpointing: bool = doc("Recompute each layer in the backward pass (less memory).", False)
     compile: bool = doc("torch.compile the forward pass on GPU (1.7x faster at the 1B shape on an H200, "
                         "about a minute of compilation first; ignored on CPU).", True)
+    compile_mode: str = doc("torch.compile mode: 'default', or 'reduce-overhead' (CUDA graphs: fewer kernel "
+                            "launches from the CPU; fixed batch shapes).", "default")
     device: str = doc("'auto' (cuda if available), 'cpu' or 'cuda'.", "auto")
     log_every: int = doc("Write a metrics.jsonl line every N steps.", 1)
     save_every: int = doc("Save a resumable checkpoint every N steps (and at the end).", 50)
@@ -316,6 +318,9 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: verify.server must be 'auto', 'yes' or 'no', got {cfg.verify.server!r}")
     if cfg.train.head_loss not in _HEAD_LOSSES:
         raise ConfigError(f"{where}: train.head_loss must be one of {_HEAD_LOSSES}, got {cfg.train.head_loss!r}")
+    if cfg.train.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+        raise ConfigError(f"{where}: train.compile_mode must be 'default', 'reduce-overhead' or 'max-autotune', "
+                          f"got {cfg.train.compile_mode!r}")
     if cfg.train.method not in ("lora", "full"):
         raise ConfigError(f"{where}: train.method must be 'lora' or 'full', got {cfg.train.method!r}")
     if cfg.train.number_form not in ("words", "digits"):

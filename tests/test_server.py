@@ -9,6 +9,7 @@ not skip, when the server is missing: bootstrap.sh installs it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from pipeline.checkpoint import Checkpoint
 from pipeline.config import load_config
 from pipeline.data import build_dataset, read_split
 from pipeline.data.audio import read_audio
+from pipeline.eval import evaluate
 from pipeline.evaluate.stream import Runner, with_flush
 from pipeline.export import SERVER_CONFIG, export
 from pipeline.presets import make_checkpoint
@@ -63,14 +65,19 @@ def served_export(tmp_path_factory):
     return export(ckpt, tmp / "export", device="cpu")
 
 
+DATA = ["data.count=12", "data.eval_fraction=0.34", "data.piper_fraction=0", "data.french_fraction=0", "data.seed=3"]
+
+
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> list[np.ndarray]:
-    """Eval clips of a small espeak dataset, each followed by the eval's flush silence."""
-    cfg = load_config(None, [f"artifacts={tmp_path_factory.mktemp('data')}", "data.count=12",
-                             "data.eval_fraction=0.34", "data.piper_fraction=0", "data.french_fraction=0",
-                             "data.seed=3"])
-    folder = build_dataset(cfg)
-    utterances = read_split(folder, "eval")[:3]
+def dataset(tmp_path_factory) -> Path:
+    """A small espeak dataset (a few eval clips)."""
+    return build_dataset(load_config(None, [f"artifacts={tmp_path_factory.mktemp('data')}", *DATA]))
+
+
+@pytest.fixture(scope="module")
+def clips(dataset) -> list[np.ndarray]:
+    """Eval clips, each followed by the eval's flush silence."""
+    utterances = read_split(dataset, "eval")[:3]
     assert utterances, "no eval clips"
     return [with_flush(read_audio(u.path), 2.0) for u in utterances]
 
@@ -167,3 +174,18 @@ def test_invoke_serve_refuses_a_custom_mimi_in_one_line(tiny_ckpt, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert out.strip().splitlines()[-1].startswith("error: ") and "invoke serve --model server" in out
+
+
+def test_eval_reads_the_real_server(served_export, dataset, tmp_path):
+    """`eval.runtime=server`: the report's pause traces are the server's, the same as the
+    in-process production semantics (the base, a checkpoint, is exported on the fly)."""
+    traces = {}
+    for runtime in ("server", "server-semantics"):
+        cfg = load_config(None, [f"artifacts={tmp_path}", f"eval.data={dataset}", "eval.limit=2",
+                                 f"eval.runtime={runtime}", f"eval.out=eval-{runtime}"])
+        folder = evaluate(cfg, base=make_checkpoint("server", tmp_path / "base", seed=1), candidate=served_export)
+        assert json.loads((folder / "metrics.json").read_text())["meta"]["runtime"] == runtime
+        traces[runtime] = np.load(folder / "traces.npz")
+    for key in traces["server"].files:
+        if key.endswith("_pause"):
+            np.testing.assert_allclose(traces["server"][key], traces["server-semantics"][key], atol=1e-4)
