@@ -215,8 +215,8 @@ def export(c, config=None, set_=None, model=None):
           f"(moshi-server config: {out / 'moshi-server.toml'})")
 
 
-@task(help={"model": "what to serve: an exported folder (default: serve.model, i.e. the export) or any "
-                     "checkpoint (preset such as `server`, directory, repo id), exported first",
+@task(help={"model": "what to serve: an exported folder (e.g. artifacts/export) or any checkpoint (preset, "
+                     "directory, repo id), exported first (default: serve.model, the `server` preset)",
             "port": "port on 127.0.0.1 (default: serve.port)", **HELP}, iterable=["set_"])
 def serve(c, config=None, set_=None, model=None, port=None):
     """Serve a model with Kyutai's moshi-server on 127.0.0.1 until Ctrl-C."""

@@ -181,7 +181,9 @@ class ExportConfig:
 
 @dataclass
 class ServeConfig:
-    model: str = doc("Exported folder to serve (relative paths are under `artifacts`).", "export")
+    model: str = doc("What to serve: an exported folder (relative paths are under `artifacts`, e.g. 'export') "
+                     "or any checkpoint, exported first. Default: the `server` preset, the small model with "
+                     "the standard Mimi (the default `tiny` model's Mimi cannot be served).", "server")
     port: int = doc("Port on 127.0.0.1.", 8080)
     device: str = doc("'cpu', or 'cuda' with a moshi-server built with `--features cuda`.", "cpu")
     batch_size: int = doc("Streams (slots) the server batches; 0 = the export's moshi-server.toml value.", 1)
