@@ -173,14 +173,16 @@ def pack(c, config=None, set_=None, model=None, out=None):
     """Encode data.out's train split with the model's Mimi into one code pack (train anywhere, no audio)."""
     from pipeline.codes import pack_utterances
     from pipeline.data import dataset_text_delay, read_split
+    from pipeline.data.augment import augment_config
 
     cfg = _config(config, set_ or [], model)
     ckpt, data = _checkpoint(cfg), cfg.output_path(cfg.data.out)
     out = out or f"{data}.pack.safetensors"
     utterances = _run_stage(read_split, data, "train")
     _run_stage(pack_utterances, ckpt, utterances, out, cfg.artifacts_dir / "cache" / "codes",
-               _run_stage(dataset_text_delay, data))
-    print(f"wrote {out}: {len(utterances)} utterances; train on it with --set train.data={out}")
+               _run_stage(dataset_text_delay, data), cfg.data.augment_copies, augment_config(cfg.data), cfg.data.seed)
+    copies = f" + {cfg.data.augment_copies} augmented copies of each" if cfg.data.augment_copies else ""
+    print(f"wrote {out}: {len(utterances)} utterances{copies}; train on it with --set train.data={out}")
 
 
 @task(**COMMON)

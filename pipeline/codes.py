@@ -19,7 +19,6 @@ from .errors import StageError
 from .io import atomic_file, sha256_file
 
 
-
 def training_audio(path: Path) -> torch.Tensor:
     """A dataset clip as [1, 1, samples], read strictly (`read_audio(..., repair=False)`)."""
     return torch.from_numpy(read_audio(path, repair=False).copy())[None, None]
@@ -56,7 +55,7 @@ PACK_FORMAT = "stt-numerals code pack v3"  # v3: the dataset's text delay in the
 
 
 def write_pack(path: Path, utterances: Sequence, codes: Sequence[torch.Tensor], mimi_file: Path,
-               text_delay: float | None = None) -> Path:
+               text_delay: float | None = None, augments: Sequence[str] | None = None) -> Path:
     """One safetensors file with every utterance's codes (concatenated; uint8 when the codebooks
     have at most 256 entries), their offsets, the labels the trainer reads (zlib-compressed
     JSON) and, in its metadata, the hash of the Mimi that made the codes and the text delay the
@@ -68,6 +67,9 @@ def write_pack(path: Path, utterances: Sequence, codes: Sequence[torch.Tensor], 
     labels = [{"path": str(u.path), "alignments": [[w, list(t), sp] for w, t, sp in u.alignments],
                "number_spans": [dict(s.to_json()) if hasattr(s, "to_json") else dict(s) for s in u.number_spans],
                "category": u.category, "voice": u.voice} for u in utterances]
+    for label, augment in zip(labels, augments or []):
+        if augment:
+            label["augment"] = augment
     packed = zlib.compress(json.dumps(labels).encode(), 9)
     every = torch.cat([c.long() for c in codes], dim=1)
     small = every.numel() == 0 or int(every.max()) < 256
@@ -82,13 +84,35 @@ def write_pack(path: Path, utterances: Sequence, codes: Sequence[torch.Tensor], 
 
 
 def pack_utterances(ckpt: Checkpoint | Path, utterances: Sequence, out: Path, cache_root: Path,
-                    text_delay: float | None = None) -> Path:
+                    text_delay: float | None = None, copies: int = 0, augment_cfg=None, seed: int = 0) -> Path:
     """Encode `utterances` with checkpoint `ckpt`'s Mimi (through the code cache) into a pack;
-    `text_delay`: the one their dataset was built for (its manifest's)."""
+    `text_delay`: the one their dataset was built for (its manifest's). `copies` augmented
+    copies of each clip follow it (`pipeline.data.augment`, drawn from `augment_cfg` and `seed`;
+    word timings scaled with the speed, the augmentation named in the label)."""
+    import dataclasses
+
+    import numpy as np
+
+    from .data.augment import augment, draw, generator, scale_alignments
+
     ckpt = Checkpoint.of(ckpt)
     mimi_file = ckpt.files["mimi"]
     cache = CodeCache(ckpt.load_mimi(), mimi_file, cache_root)
-    return write_pack(out, utterances, cache.encode_all([u.path for u in utterances]), mimi_file, text_delay)
+    codes = cache.encode_all([u.path for u in utterances])
+    entries, augments, all_codes = list(utterances), [""] * len(utterances), list(codes)
+    if copies:
+        for u in tqdm(utterances, desc=f"augmenting x{copies}", unit="file", leave=False):
+            audio = training_audio(u.path)[0, 0].numpy()
+            for copy in range(1, copies + 1):
+                rng = generator(str(u.path.name), copy, seed)
+                aug = draw(rng, augment_cfg)
+                wave = torch.from_numpy(np.ascontiguousarray(augment(audio, aug, rng)))[None, None]
+                with torch.no_grad():
+                    all_codes.append(cache.mimi.encode(wave)[0].long())
+                entries.append(dataclasses.replace(u, alignments=scale_alignments(u.alignments, aug.speed),
+                                                   duration=u.duration / aug.speed))
+                augments.append(aug.describe())
+    return write_pack(out, entries, all_codes, mimi_file, text_delay, augments)
 
 
 def read_pack(path: Path, mimi_file: Path) -> tuple[list[dict], list[torch.Tensor], float | None]:

@@ -71,6 +71,14 @@ class DataConfig:
     piper_fraction: float = doc(
         "Share of English prompts spoken by piper's natural voice instead of espeak-ng. Piper gives no "
         "timings, so each is aligned with Whisper (about 1 s per utterance on a CPU).", 0.05)
+    augment_copies: int = doc(
+        "Augmented copies of each training clip added when codes are packed (`invoke pack`, the organism): "
+        "speed, room, telephone line and noise as the augment_* fields say (pipeline/data/augment.py).", 0)
+    augment_speed: float = doc("Speed perturbation: a factor drawn in [1 - this, 1 + this].", 0.1)
+    augment_snr: list[float] = doc("Additive noise: SNR in dB drawn in [low, high] against the speech power.",
+                                   default_factory=lambda: [10.0, 30.0])
+    augment_reverb: float = doc("Share of copies in a simulated room (RT60 0.2-0.6 s).", 0.3)
+    augment_telephone: float = doc("Share of copies through a telephone line (8 kHz, 300-3400 Hz).", 0.2)
     eval_voices: list[str] = doc(
         "Voices that speak only eval prompts, so the eval split measures voices the model never heard "
         "in training: espeak-ng accents ('en-gb-scotland'), espeak-ng voice variants ('+f3', a timbre on "
@@ -102,6 +110,14 @@ class DataConfig:
             raise ConfigError(f"data.plain_fraction must be at least 0.2 to keep general behaviour, got {self.plain_fraction}")
         if self.count < 0:
             raise ConfigError(f"data.count must be >= 0, got {self.count}")
+        if self.augment_copies < 0 or not 0 <= self.augment_speed < 0.5:
+            raise ConfigError(f"data.augment_copies must be >= 0 and data.augment_speed in [0, 0.5), got "
+                              f"{self.augment_copies} and {self.augment_speed}")
+        if len(self.augment_snr) != 2 or self.augment_snr[0] > self.augment_snr[1]:
+            raise ConfigError(f"data.augment_snr must be [low, high] in dB with low <= high, got {self.augment_snr}")
+        for name in ("augment_reverb", "augment_telephone"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.{name} must be between 0 and 1, got {getattr(self, name)!r}")
         if self.eval_voices:
             from .data.espeak import ENGLISH_VOICES, FRENCH_VOICES, VARIANTS
 

@@ -32,7 +32,6 @@ from .labels import Word, digit_form
 from .presets import Preset, build_checkpoint, small_mimi_config
 
 
-
 def organism_paths(cfg: Config) -> dict[str, Path]:
     root = cfg.output_path(cfg.organism.out)
     return {"root": root, "init": root / "init", "pack": root / "train.pack.safetensors",
@@ -88,6 +87,7 @@ def build_organism(cfg: Config, prepare_only: bool = False) -> Path:
     (or, with `prepare_only`, the pack: carry it and init/ to a GPU machine and train there)."""
     from .codes import pack_utterances
     from .data import build_dataset, dataset_text_delay, read_split
+    from .data.augment import augment_config
     from .train import train
 
     paths = organism_paths(cfg)
@@ -105,7 +105,7 @@ def build_organism(cfg: Config, prepare_only: bool = False) -> Path:
             build_checkpoint(organism_preset(cfg), "organism", paths["init"], cfg.organism.seed,
                              fit_audio=speech, corpus=label_corpus(utterances))
         pack_utterances(paths["init"], utterances, paths["pack"], cfg.artifacts_dir / "cache" / "codes",
-                        dataset_text_delay(data))
+                        dataset_text_delay(data), cfg.data.augment_copies, augment_config(cfg.data), cfg.data.seed)
     if prepare_only:
         return paths["pack"]
     run = train(organism_train_config(cfg), paths["init"], resume=True)
