@@ -1,0 +1,29 @@
+"""The train benchmark's table (GPU-only to measure): rows, names and ratios, with the timing
+replaced by known figures."""
+
+from __future__ import annotations
+
+import pipeline.bench as bench
+
+
+def test_every_row_of_ours_carries_its_ratios_to_both_peers(monkeypatch):
+    speed = {("peer", False): 40_000, ("peer", True): 80_000, ("ours", False): 30_000, ("ours", True): 100_000}
+
+    def fake(impl, checkpointing=False, compile=False, profile=None, **_):
+        name = f"train_{impl}{'_compiled' if compile else ''}"
+        return {"what": name, "checkpointing": checkpointing, "frames_per_s": speed[impl, compile] // (1 + checkpointing),
+                "peak_gib": 8.0 if impl == "ours" else 4.0 * (1 + compile), "model_tflops": 100.0}
+
+    monkeypatch.setattr(bench, "bench_train", fake)
+    monkeypatch.setattr(bench, "matmul_rate", lambda: 800e12)
+    monkeypatch.setattr(bench.torch.cuda, "empty_cache", lambda: None)
+    rows = bench.run_train_benchmarks(out=lambda line: None)
+    by = {(r["what"], r["checkpointing"]): r for r in rows}
+    assert set(by) == {("train_peer", False), ("train_peer_compiled", False), ("train_ours", False),
+                       ("train_ours_compiled", False), ("train_peer", True), ("train_ours", True)}
+    compiled = by["train_ours_compiled", False]
+    assert compiled["speed_vs_compiled_peer"] == 1.25 and compiled["speed_vs_peer"] == 2.5
+    assert compiled["memory_vs_compiled_peer"] == 1.0 and compiled["memory_vs_peer"] == 2.0
+    assert compiled["mfu_pct"] == 12.5
+    # with checkpointing there is no compiled peer, and the ratio is to that pass's own peer
+    assert "speed_vs_compiled_peer" not in by["train_ours", True] and by["train_ours", True]["speed_vs_peer"] == 0.75
