@@ -251,7 +251,8 @@ def pick_plotted(scores: dict[str, list[dict]], count: int) -> list[int]:
 DEFINITIONS = """
 <ul>
 <li><b>Text.</b> Words are decoded from the greedy tokens with Kyutai's rule (0 and 3 are padding; a word
-ends when padding follows word tokens). WER is jiwer's, on lower-cased words with punctuation stripped at
+ends when padding follows word tokens; with the runtimes 'server' and 'server-semantics' they are the
+server's own Word messages, made by the same rule). WER is jiwer's, on lower-cased words with punctuation stripped at
 word edges and <b>no number normalization</b>: a normalizer such as Whisper's EnglishTextNormalizer turns
 "one two" back into "12" and would hide exactly the change this model makes.</li>
 <li><b>Number spans.</b> The hypothesis words of a span are those jiwer aligns to its reference words, plus
