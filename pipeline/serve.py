@@ -63,6 +63,15 @@ def server_binary() -> Path:
                      f"server {SERVER_VERSION}) or set MOSHI_SERVER")
 
 
+def unservable(export: Path) -> str | None:
+    """Why moshi-server cannot load the model in `export`, or None: it builds only the standard
+    Mimi (`Config::v0_1`), and a config.json naming a mimi_config describes another one."""
+    if "mimi_config_name" in json.loads((Path(export) / "config.json").read_text()):
+        return ("custom-width Mimi (config.json names a mimi_config, e.g. the `tiny` preset's): "
+                "moshi-server builds only the standard Mimi")
+    return None
+
+
 def run_config(export: Path, workdir: Path, batch_size: int | None = None) -> Path:
     """A copy of the export's `moshi-server.toml` whose deployment keys point into `workdir`
     (static_dir, log_dir), optionally with another batch size; returns its path."""
@@ -71,10 +80,8 @@ def run_config(export: Path, workdir: Path, batch_size: int | None = None) -> Pa
     source = Path(export) / SERVER_CONFIG
     if not source.is_file():
         raise ServeError(f"{source}: not found; `invoke export` writes it (is {export} an exported folder?)")
-    if "mimi_config_name" in json.loads((Path(export) / "config.json").read_text()):
-        raise ServeError(f"{export}: its Mimi is not the standard one (config.json names a mimi_config, e.g. the "
-                         "`tiny` preset's) and moshi-server builds only the standard Mimi; serve a model with the "
-                         "standard Mimi, e.g. `invoke serve --model server`")
+    if (reason := unservable(export)) is not None:
+        raise ServeError(f"{export}: {reason}; serve a model with the standard Mimi, e.g. `invoke serve --model server`")
     text = source.read_text()
     workdir.mkdir(parents=True, exist_ok=True)
     for key in ("static_dir", "log_dir"):

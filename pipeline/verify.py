@@ -260,12 +260,12 @@ def server_semantics_stream(ckpt: Checkpoint, audio: np.ndarray) -> tuple[np.nda
 
 def _server_skip_reason(ckpt: Checkpoint) -> str | None:
     from .export import SERVER_CONFIG
-    from .serve import ServeError, server_binary
+    from .serve import ServeError, server_binary, unservable
 
     if not (Path(ckpt) / SERVER_CONFIG).is_file():
         return f"not an exported folder (no {SERVER_CONFIG}); verify the output of `invoke export`"
-    if "mimi_config_name" in ckpt.config:
-        return "custom-width Mimi: moshi-server builds only the standard Mimi"
+    if (reason := unservable(Path(ckpt))) is not None:
+        return reason
     try:
         server_binary()
     except ServeError as e:

@@ -13,8 +13,9 @@
 //! this streamer against the real server.
 
 use crate::models::{build_lm_batched, build_mimi_batched};
+use crate::streaming::{check_whole_frames, frame_samples};
 use crate::Checkpoint;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle::{Device, Tensor};
 use candle_nn::VarBuilder;
 use moshi::asr::{AsrMsg, State};
@@ -60,7 +61,7 @@ impl ServerStreamer {
     pub fn open(dir: &Path, asr_delay_in_tokens: usize) -> Result<Self> {
         let device = Device::Cpu;
         let ckpt = Checkpoint::open(dir)?;
-        let frame_samples = (ckpt.mimi.sample_rate / ckpt.mimi.frame_rate) as usize;
+        let frame_samples = frame_samples(&ckpt.mimi)?;
         let dtype = candle::DType::F32;
         // SAFETY: the mappings are read-only; the files must not change while the models load.
         let lm_vb =
@@ -100,13 +101,7 @@ impl ServerStreamer {
     /// Steps through `pcm` (mono, a multiple of `frame_samples` samples) one frame per step,
     /// as the server feeds each connection's buffered audio.
     pub fn step_pcm(&mut self, pcm: &[f32]) -> Result<Vec<ServerStep>> {
-        if !pcm.len().is_multiple_of(self.frame_samples) {
-            bail!(
-                "pcm length must be a multiple of {} samples, got {}",
-                self.frame_samples,
-                pcm.len()
-            );
-        }
+        check_whole_frames(pcm, self.frame_samples)?;
         let mut steps = vec![];
         for frame in pcm.chunks(self.frame_samples) {
             steps.extend(self.step_frame(frame)?);

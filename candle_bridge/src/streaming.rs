@@ -118,13 +118,7 @@ impl Streamer {
     /// Mimi's codes for `pcm` (mono, any multiple of `frame_samples` samples), one `n_q`-long
     /// vector per frame. Streaming: it continues the Mimi state of earlier calls.
     pub fn encode_pcm(&mut self, pcm: &[f32]) -> Result<Vec<Vec<u32>>> {
-        if !pcm.len().is_multiple_of(self.frame_samples) {
-            bail!(
-                "pcm length must be a multiple of {} samples, got {}",
-                self.frame_samples,
-                pcm.len()
-            );
-        }
+        check_whole_frames(pcm, self.frame_samples)?;
         let mut frames = vec![];
         // One frame per call, as the ASR server feeds Mimi.
         for chunk in pcm.chunks(self.frame_samples) {
@@ -186,8 +180,19 @@ impl Streamer {
     }
 }
 
+/// Refuses audio that is not a whole number of `frame_samples`-sample frames.
+pub(crate) fn check_whole_frames(pcm: &[f32], frame_samples: usize) -> Result<()> {
+    if !pcm.len().is_multiple_of(frame_samples) {
+        bail!(
+            "pcm length must be a multiple of {frame_samples} samples, got {}",
+            pcm.len()
+        );
+    }
+    Ok(())
+}
+
 /// Samples per Mimi frame, from the config's rates (24000 / 12.5 = 1920 for Kyutai's Mimi).
-fn frame_samples(cfg: &moshi::mimi::Config) -> Result<usize> {
+pub(crate) fn frame_samples(cfg: &moshi::mimi::Config) -> Result<usize> {
     let samples = cfg.sample_rate / cfg.frame_rate;
     if !(samples >= 1.0 && samples.fract() == 0.0) {
         bail!(

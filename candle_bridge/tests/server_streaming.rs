@@ -66,6 +66,12 @@ fn the_server_stream_differs_from_a_fresh_state() {
     assert_ne!(served, reference);
 }
 
+/// A checkpoint file's weights in f32 on the CPU, as the server maps them.
+fn f32_weights(file: &std::path::Path) -> VarBuilder<'static> {
+    // SAFETY: the fixture's files are not changed while the test runs.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[file], DType::F32, &Device::Cpu) }.unwrap()
+}
+
 fn mimi_codes(mimi: &mut moshi::mimi::Mimi, frame: &[f32]) -> Vec<u32> {
     let xs = Tensor::from_slice(frame, (1, 1, FRAME), &Device::Cpu).unwrap();
     let mask = StreamMask::new(vec![true], &Device::Cpu).unwrap();
@@ -86,12 +92,7 @@ fn mimi_codes(mimi: &mut moshi::mimi::Mimi, frame: &[f32]) -> Vec<u32> {
 fn mimi_reset_batch_idx_is_not_a_fresh_state() {
     let dir = fixture();
     let ckpt = Checkpoint::open(dir.path()).unwrap();
-    let mimi = || {
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&ckpt.mimi_file], DType::F32, &Device::Cpu)
-        };
-        build_mimi_batched(&ckpt.mimi, 1, vb.unwrap()).unwrap()
-    };
+    let mimi = || build_mimi_batched(&ckpt.mimi, 1, f32_weights(&ckpt.mimi_file)).unwrap();
     let frame = noise(1);
     let fresh = mimi_codes(&mut mimi(), &frame);
 
@@ -132,12 +133,7 @@ fn lm_logits(lm: &mut moshi::lm::LmModel, steps: usize) -> Vec<Vec<f32>> {
 fn lm_reset_batch_idx_is_a_fresh_state() {
     let dir = fixture();
     let ckpt = Checkpoint::open(dir.path()).unwrap();
-    let lm = || {
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&ckpt.lm_file], DType::F32, &Device::Cpu)
-        };
-        candle_bridge::build_lm_batched(&ckpt.lm, 1, vb.unwrap()).unwrap()
-    };
+    let lm = || candle_bridge::build_lm_batched(&ckpt.lm, 1, f32_weights(&ckpt.lm_file)).unwrap();
     let fresh = lm_logits(&mut lm(), 5);
     let mut slot_reset = lm();
     lm_logits(&mut slot_reset, WARMUP_FRAMES);
