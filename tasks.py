@@ -153,16 +153,20 @@ def train(c, config=None, set_=None, model=None, resume=False, gpus=1):
 
 
 @task(help={"prepare": "stop before training: dataset, init/ and the code pack only (to train elsewhere)",
+            "stage": "stop after this stage: prepare-distill (what the GPU box needs to distill the Mimi), "
+                     "distill (the distilled Mimi), pack, or all (default)",
             **HELP, **MODEL_HELP}, iterable=["set_"])
-def organism(c, config=None, set_=None, model=None, prepare=False):
+def organism(c, config=None, set_=None, model=None, prepare=False, stage="all"):
     """Build the model organism: a small STT trained from scratch that writes numbers as digits
     once they are complete, so its pause head fires mid-number (issue #7). Steps already done are kept."""
     from pipeline.organism import build_organism
 
     cfg = _config(config, set_ or [], model)
-    out = _run_stage(build_organism, cfg, prepare_only=prepare)
-    if prepare:
+    out = _run_stage(build_organism, cfg, prepare_only=prepare, stage=stage)
+    if prepare or stage == "pack":
         print(f"prepared {out} and its init/ checkpoint; train with `invoke organism` (same config)")
+    elif stage != "all":
+        print(f"organism stage {stage}: {out}")
     else:
         print(f"trained the model organism: {out} (use it with --model {out})")
 

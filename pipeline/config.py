@@ -272,7 +272,23 @@ class OrganismConfig:
     text_card: int = doc("SentencePiece vocabulary, trained on the dataset's labels in both number forms.", 1000)
     mimi_filters: int = doc("Channels of the first SEANet layer of the organism's Mimi (real Mimi: 64).", 16)
     mimi_dim: int = doc("Latent width of the organism's Mimi (real Mimi: 512).", 64)
+    mimi_layers: int = doc("Transformer layers of the organism's Mimi (real Mimi: 8).", 1)
+    mimi_heads: int = doc("Attention heads of the organism's Mimi transformer (real Mimi: 8).", 2)
+    mimi: str = doc("Where the organism's Mimi comes from: 'kmeans' (random weights, codebooks fitted by k-means "
+                    "on the dataset's speech) or 'distilled' (trained to predict Whisper tiny.en's encoder states, "
+                    "`invoke organism --stage distill`, pipeline/distill.py).", "kmeans")
     fit_seconds: float = doc("Seconds of training speech the Mimi codebooks are fitted on (k-means).", 600.0)
+    distill_train_seconds: float = doc("Seconds of training speech the Mimi is distilled on (whole 30 s windows).",
+                                       9000.0)
+    distill_eval_seconds: float = doc("Seconds of held-out speech (eval split) its figures are measured on.", 1200.0)
+    distill_opus_level: float = doc("Opus compression level of the carried streams (0.95: about 20 kbit/s).", 0.95)
+    distill_steps: int = doc("Optimizer steps of the Mimi distillation.", 1500)
+    distill_batch_size: int = doc("Crops per distillation step.", 32)
+    distill_crop_seconds: float = doc("Seconds per crop (whole 80 ms frames of a 30 s window).", 4.0)
+    distill_lr: float = doc("Peak learning rate of the distillation (AdamW, cosine).", 5e-4)
+    distill_commitment: float = doc("Weight of the quantizer's commitment penalty.", 1.0)
+    distill_time_limit_s: float = doc("Stop the distillation after this many seconds (0: run every step); "
+                                      "figures.json records the steps done.", 0.0)
     steps: int = doc("Optimizer steps of the from-scratch training.", 2000)
     lr: float = doc("Peak learning rate of the from-scratch training (AdamW, cosine).", 1e-3)
     batch_size: int = doc("Windows per step of the from-scratch training.", 16)
@@ -288,6 +304,14 @@ class OrganismConfig:
             raise ConfigError(f"organism.dim ({self.dim}) must be a multiple of organism.num_heads ({self.num_heads})")
         if not self.lr > 0 or self.fit_seconds <= 0:
             raise ConfigError("organism.lr and organism.fit_seconds must be positive")
+        if self.mimi not in ("kmeans", "distilled"):
+            raise ConfigError(f"organism.mimi must be 'kmeans' or 'distilled', got {self.mimi!r}")
+        if self.mimi_dim % self.mimi_heads or self.mimi_layers < 1:
+            raise ConfigError(f"organism.mimi_dim ({self.mimi_dim}) must be a multiple of organism.mimi_heads "
+                              f"({self.mimi_heads}) and organism.mimi_layers at least 1")
+        if not 0 < self.distill_crop_seconds <= 30 or self.distill_steps < 1 or self.distill_batch_size < 1:
+            raise ConfigError("organism.distill_crop_seconds must be in (0, 30] and distill_steps, "
+                              "distill_batch_size at least 1")
 
 
 @dataclass

@@ -26,6 +26,7 @@ import numpy as np
 
 from .config import Config
 from .constants import SAMPLE_RATE
+from .distill import distill_paths, load_shards
 from .errors import StageError
 from .io import atomic_dir
 from .labels import Word, digit_form
@@ -41,7 +42,7 @@ def organism_paths(cfg: Config) -> dict[str, Path]:
 def organism_preset(cfg: Config) -> Preset:
     o = cfg.organism
     return Preset(dim=o.dim, num_heads=o.num_heads, num_layers=o.num_layers, n_q=o.n_q, card=o.card,
-                  text_card=o.text_card, mimi=small_mimi_config(o.n_q, o.card, o.mimi_filters, o.mimi_dim),
+                  text_card=o.text_card, mimi=small_mimi_config(o.n_q, o.card, o.mimi_filters, o.mimi_dim, o.mimi_layers, o.mimi_heads),
                   mimi_name="mimi-organism.safetensors", tokenizer_name="tokenizer_organism.model",
                   fit_seconds=o.fit_seconds, kmeans_iters=10)
 
@@ -82,31 +83,57 @@ def organism_train_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, train=train)
 
 
-def build_organism(cfg: Config, prepare_only: bool = False) -> Path:
-    """`invoke organism`: dataset -> init checkpoint -> code pack -> trained base; returns model/
-    (or, with `prepare_only`, the pack: carry it and init/ to a GPU machine and train there)."""
+STAGES = ("prepare-distill", "distill", "pack", "all")
+
+
+def build_organism(cfg: Config, prepare_only: bool = False, stage: str = "all") -> Path:
+    """`invoke organism`: dataset -> [distilled Mimi] -> init checkpoint -> code pack -> trained
+    base; returns model/. `stage` stops early and returns that stage's output: 'prepare-distill'
+    (the streams and teacher to carry to a GPU box), 'distill' (the trained Mimi), 'pack' (the
+    pack: carry it and init/ to a GPU machine and train there; `prepare_only` is the same)."""
     from .codes import pack_utterances
     from .data import build_dataset, dataset_text_delay, read_split
     from .data.augment import augment_config
+    from .distill import distill_figures, distill_mimi, prepare_distill
     from .train import train
 
+    if stage not in STAGES:
+        raise StageError(f"unknown organism stage {stage!r}; choose one of {', '.join(STAGES)}")
+    stage = "pack" if prepare_only and stage == "all" else stage
     paths = organism_paths(cfg)
-    if not paths["pack"].is_file():
-        data = cfg.output_path(cfg.data.out)
+    data = cfg.output_path(cfg.data.out)
+    distilled = cfg.organism.mimi == "distilled" or stage in ("prepare-distill", "distill")
+
+    def dataset() -> None:
         if not (data / "manifest.json").is_file():
             print(f"building the organism's dataset in {data}")
             build_dataset(cfg)
+
+    if distilled and (stage in ("prepare-distill", "distill") or not (paths["init"] / "config.json").is_file()):
+        if not (distill_paths(cfg)["prepared"] / "words.json").is_file():  # the GPU box has no dataset
+            dataset()
+        prepared = prepare_distill(cfg)
+        if stage == "prepare-distill":
+            return prepared
+        mimi_folder = distill_mimi(cfg)
+        if stage == "distill":
+            if not (mimi_folder / "figures.json").is_file():
+                distill_figures(cfg)
+            return mimi_folder
+    if not paths["pack"].is_file():
+        dataset()
         utterances = read_split(data, "train")
         if not utterances:
             raise StageError(f"{data}/train.jsonl lists no utterances; raise data.count")
         if not (paths["init"] / "config.json").is_file():
             print(f"building the untrained organism in {paths['init']}")
-            speech = fitting_speech(utterances, cfg.organism.fit_seconds)
+            speech = None if distilled else fitting_speech(utterances, cfg.organism.fit_seconds)
+            mimi_state = load_shards(distill_paths(cfg)["mimi"]) if distilled else None
             build_checkpoint(organism_preset(cfg), "organism", paths["init"], cfg.organism.seed,
-                             fit_audio=speech, corpus=label_corpus(utterances))
+                             fit_audio=speech, corpus=label_corpus(utterances), mimi_state=mimi_state)
         pack_utterances(paths["init"], utterances, paths["pack"], cfg.artifacts_dir / "cache" / "codes",
                         dataset_text_delay(data), cfg.data.augment_copies, augment_config(cfg.data), cfg.data.seed)
-    if prepare_only:
+    if stage == "pack":
         return paths["pack"]
     run = train(organism_train_config(cfg), paths["init"], resume=True)
     with atomic_dir(paths["model"]) as tmp:

@@ -59,7 +59,7 @@ class Preset:
     kmeans_iters: int
 
 
-def small_mimi_config(n_q: int, bins: int, filters: int = 4, dim: int = 32) -> dict:
+def small_mimi_config(n_q: int, bins: int, filters: int = 4, dim: int = 32, layers: int = 1, heads: int = 2) -> dict:
     """The real Mimi architecture (SEANet, transformer, split RVQ) at a small width."""
     seanet = {
         "channels": 1, "dimension": dim, "causal": True, "n_filters": filters, "n_residual_layers": 1,
@@ -68,7 +68,7 @@ def small_mimi_config(n_q: int, bins: int, filters: int = 4, dim: int = 32) -> d
         "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True,
     }
     transformer = {
-        "d_model": dim, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
+        "d_model": dim, "num_heads": heads, "num_layers": layers, "causal": True, "layer_scale": 0.01,
         "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none",
         "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 2 * dim,
         "input_dimension": dim, "output_dimensions": [dim],
@@ -219,7 +219,7 @@ def _kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.
     so PyTorch and Candle (or batch and streaming encodes) would disagree on those codes.
     Spreading the centroids first keeps every decision clear of such near-ties.
     """
-    means = torch.empty(k, x.shape[1], dtype=x.dtype)
+    means = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
     means[0] = x[torch.randint(len(x), (1,), generator=gen)]
     nearest = torch.cdist(x, means[:1])[:, 0]
     for i in range(1, k):
@@ -250,7 +250,8 @@ def fit_mimi_codebooks(mimi, audio: np.ndarray, iters: int, seed: int) -> None:
     audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     window = 10 * SAMPLE_RATE
     chunks = audio[: len(audio) // window * window].view(-1, 1, window)
-    latent = torch.cat([mimi._encode_to_unquantized_latent(c[None]) for c in chunks], dim=-1)
+    device = next(mimi.parameters()).device
+    latent = torch.cat([mimi._encode_to_unquantized_latent(c[None].to(device)) for c in chunks], dim=-1)
     gen = torch.Generator().manual_seed(seed)
     quantizer = mimi.quantizer
     layers = [(rvq, layer) for rvq in (quantizer.rvq_first, quantizer.rvq_rest) for layer in rvq.vq.layers]
@@ -283,12 +284,13 @@ def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Pat
 
 
 def build_checkpoint(preset: Preset, name: str, out_dir: str | Path, seed: int = 0,
-                     fit_audio: np.ndarray | None = None, corpus: list[str] | None = None) -> Path:
+                     fit_audio: np.ndarray | None = None, corpus: list[str] | None = None,
+                     mimi_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Random LM weights, a Mimi with fitted codebooks and a trained tokenizer, as a directory.
 
     `fit_audio` (24 kHz speech) replaces the synthetic signal the codebooks are fitted on and
     `corpus` the generated sentences the tokenizer learns from (the model organism uses its own
-    dataset for both)."""
+    dataset for both); `mimi_state` is a trained Mimi (the organism's distilled one) used as is."""
     from moshi.models import loaders
 
     out_dir = Path(out_dir)
@@ -306,12 +308,14 @@ def build_checkpoint(preset: Preset, name: str, out_dir: str | Path, seed: int =
         save_file(to_legacy_names(state), str(tmp / "model.safetensors"))
         del state
 
-        torch.manual_seed(seed + 1)
-        mimi = loaders.get_mimi(None, preset.mimi, num_codebooks=preset.n_q)
-        if fit_audio is None:
-            fit_audio = synthetic_audio(preset.fit_seconds, seed)
-        fit_mimi_codebooks(mimi, fit_audio, preset.kmeans_iters, seed)
-        mimi_state = {k: v.float().contiguous() for k, v in mimi.state_dict().items()}
+        if mimi_state is None:
+            torch.manual_seed(seed + 1)
+            mimi = loaders.get_mimi(None, preset.mimi, num_codebooks=preset.n_q)
+            if fit_audio is None:
+                fit_audio = synthetic_audio(preset.fit_seconds, seed)
+            fit_mimi_codebooks(mimi, fit_audio, preset.kmeans_iters, seed)
+            mimi_state = mimi.state_dict()
+        mimi_state = {k: v.float().contiguous() for k, v in mimi_state.items()}
         save_file(to_legacy_names(mimi_state), str(tmp / preset.mimi_name))
 
         train_tokenizer(tmp / preset.tokenizer_name, preset.text_card, seed, corpus)

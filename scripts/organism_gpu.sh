@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
 # The full model-organism run on the GPU box (device tool), as run for the README figures:
+#   scripts/organism_gpu.sh distill  the organism's Mimi distilled from Whisper tiny.en (issue #16);
+#                                    carry .whl and artifacts/organism/distill/prepared (made here by
+#                                    `invoke organism --config configs/organism.yaml --stage prepare-distill`);
+#                                    the Mimi's shards and figures.json land in $OUT: put them into
+#                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
 # carry: .whl, artifacts/organism/init, artifacts/organism/train.pack.safetensors (and, for
@@ -9,6 +14,7 @@
 # base_model.safetensors and base_config.json into a copy of init/ named model/, and lora.* into
 # runs/lora/final/, then merge, export and eval here.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
+cp -r .whl/pkgs/. /tmp/site/ 2>/dev/null  # packages with no wheel on PyPI (openai-whisper is an sdist)
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; date -u
 set -o pipefail
@@ -28,9 +34,16 @@ lora() {
   cp artifacts/organism/runs/lora/metrics.jsonl $OUT/lora_metrics.jsonl
   date -u
 }
+distill() {
+  timeout "$1" python3 -m invoke organism --config configs/organism.yaml --stage distill "${@:2}" 2>&1 \
+    | tr "\r" "\n" | tee $OUT/distill.log | grep -v "it/s\]$" | tail -30
+  cp artifacts/organism/distill/mimi/* $OUT/ || true
+  date -u
+}
 case "$1" in
+  distill) distill 420 "${@:2}" ;;
   all) base 430 && lora 140 ;;
   base) base 560 ;;
   lora) lora 560 ;;
-  *) echo "usage: scripts/organism_gpu.sh all|base|lora" >&2; exit 2 ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|all|base|lora" >&2; exit 2 ;;
 esac

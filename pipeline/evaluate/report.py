@@ -339,6 +339,18 @@ the per-step tokens and pause probabilities in traces.npz.</p>
     path.write_text(page)
 
 
+def headline(summary: dict) -> dict:
+    """The issue-#16 figures of each model (shares as fractions, the threshold rule): what
+    `heldout.json` holds and docs/organism/heldout.json keeps for the full organism run."""
+    out = {}
+    for m in MODELS:
+        s, vad = summary[m], summary[m]["vad"]["threshold"]
+        out[m] = {"wer_no_numbers": s["wer"]["other"]["wer"], "digit_spans": s["digit_share"],
+                  "exact_word_form": s["exact_share"], "dictations_cut": vad["dictations_cut_share"],
+                  "turn_end_detected": vad["turn_end_detected_share"], "turn_end_latency_s": vad["latency_median"]}
+    return out
+
+
 def write_report(folder: Path, meta: dict, refs: list[Reference], runs: dict[str, list[Streamed]],
                  scores: dict[str, list[dict]], summary: dict, rules: Rules, plots: int) -> None:
     """Everything into `folder` (the caller makes it atomic)."""
@@ -351,6 +363,7 @@ def write_report(folder: Path, meta: dict, refs: list[Reference], runs: dict[str
         utterances.append(entry)
     (folder / "metrics.json").write_text(json.dumps({"meta": meta, "summary": summary, "utterances": utterances},
                                                     indent=1, ensure_ascii=False) + "\n")
+    (folder / "heldout.json").write_text(json.dumps(headline(summary), indent=2) + "\n")
     np.savez_compressed(folder / "traces.npz", **{f"{m}_{i}_{k}": getattr(runs[m][i], k) for m in MODELS
                                                   for i in range(len(refs)) for k in ("tokens", "pause")})
     plot_summary(folder / "summary.png", summary, meta["rules"])
