@@ -97,6 +97,13 @@ def test_report_on_the_tiny_default(tiny_ckpt, candidate, dataset, tmp_path):
         for rule in ("threshold", "unmute"):
             _check_rule(s["vad"][rule], n)
     assert len(data["utterances"]) == n
+    heldout = json.loads((out / "heldout.json").read_text())   # issue #16's figures, same values
+    for model in ("base", "candidate"):
+        s, vad = data["summary"][model], data["summary"][model]["vad"]["threshold"]
+        assert heldout[model] == {"wer_no_numbers": s["wer"]["other"]["wer"], "digit_spans": s["digit_share"],
+                                  "exact_word_form": s["exact_share"], "dictations_cut": vad["dictations_cut_share"],
+                                  "turn_end_detected": vad["turn_end_detected_share"],
+                                  "turn_end_latency_s": vad["latency_median"]}
     for model in ("base", "candidate"):  # every summary figure is what the per-utterance records add up to
         assert summarize([u[model] for u in data["utterances"]]) == data["summary"][model]
     for u in data["utterances"]:
