@@ -444,16 +444,3 @@ def distill_figures(cfg: Config, device: str | None = None, streams: dict | None
         tmp.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps({k: v for k, v in figures.items() if k != "run"}, indent=2))
     return folder
-
-
-def distilled_mimi_file(cfg: Config, out: Path) -> dict:
-    """Write the distilled Mimi as one float32 file at `out` (legacy names); returns its config."""
-    from safetensors.torch import save_file
-
-    from .checkpoint import to_legacy_names
-
-    folder = distill_paths(cfg)["mimi"]
-    state = load_shards(folder)
-    with atomic_file(out) as tmp:
-        save_file(to_legacy_names({k: v.contiguous() for k, v in state.items()}), str(tmp))
-    return json.loads((folder / "mimi-config.json").read_text())
