@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -191,7 +190,7 @@ def train_student(cfg: Config, mimi, heads: Heads, audio: torch.Tensor, states: 
     from tqdm import tqdm
 
     o = cfg.organism
-    autocast = device.startswith("cuda") or os.environ.get("STT_NUMERALS_CPU_AUTOCAST") == "1"
+    autocast = device.startswith("cuda")
     gen = torch.Generator().manual_seed(o.seed)
     crop = int(o.distill_crop_seconds * FRAME_RATE)
     windows = audio.view(-1, WINDOW_FRAMES * FRAME)
