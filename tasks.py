@@ -263,11 +263,12 @@ def eval_(c, config=None, set_=None, model=None, candidate=None, data=None, resc
     print(f"report: {out / 'index.html'}")
 
 
-@task(help={"what": "comma-separated benchmarks: data, export, stream, train, ddp (default: all; train needs "
-                    "CUDA, ddp 2+ GPUs)", **HELP, **MODEL_HELP}, iterable=["set_"])
+@task(help={"what": "comma-separated benchmarks: data, export, stream, train, ddp, serve (default: all; train "
+                    "and serve need CUDA, ddp 2+ GPUs)", **HELP, **MODEL_HELP}, iterable=["set_"])
 def bench(c, config=None, set_=None, model=None, what=None):
     """Benchmarks (figures, not tests): data synthesis and Whisper speed/accuracy, merge+export vs a
-    plain copy, Candle vs PyTorch streaming (1b shape, CPU), GPU training against the moshi peer."""
+    plain copy, Candle vs PyTorch streaming (1b shape, CPU), GPU training against the moshi peer,
+    real-time streams per GPU of moshi-server (CUDA) against PyTorch's batched streaming."""
     from pipeline.bench import BENCHES, run_benchmarks
 
     cfg = _config(config, set_ or [], model)
@@ -282,7 +283,7 @@ def verify_candle(c, config=None, set_=None, model=None):
     from pipeline.verify import verify_candle as run
 
     cfg = _config(config, set_ or [], model)
-    _run_stage(run, _checkpoint(cfg), cfg.verify.lm_dtype, None, cfg.verify.server)
+    _run_stage(run, _checkpoint(cfg), cfg.verify.lm_dtype, None, cfg.verify.server, cfg.verify.device)
 
 
 @task(name="load-check", **COMMON)

@@ -291,7 +291,7 @@ def _ddp_child() -> None:
 
 # --- `invoke bench` ---------------------------------------------------------------------------------
 
-BENCHES = ("data", "export", "stream", "train", "ddp")
+BENCHES = ("data", "export", "stream", "train", "ddp", "serve")
 
 
 class BenchUnavailable(StageError):
@@ -343,6 +343,20 @@ def run_benchmarks(cfg, chosen: Sequence[str], one_b: Callable[[], object], expl
             raise BenchUnavailable("the ddp benchmark compares 1 GPU with several and needs 2 or more CUDA GPUs")
         else:
             print("ddp: skipped (fewer than 2 CUDA GPUs here)")
+    if "serve" in chosen:
+        if torch.cuda.is_available():
+            from .bench_serve import run_serve_benchmarks
+            from .export import export
+
+            work = cfg.artifacts_dir / "bench" / "serve-work"
+            streams = [int(n) for n in cfg.serve.bench_streams.split(",")]
+            run_serve_benchmarks(export(one_b(), work / "export-1b", device="cuda"), work, streams, emit)
+        elif explicit:
+            raise BenchUnavailable("the serve benchmark counts real-time streams per GPU and needs a CUDA GPU and "
+                                   "moshi-server built with --features cuda (scripts/build_cuda.sh server, then "
+                                   "MOSHI_SERVER=<its binary>); GPU figures are in docs/benchmarks.md")
+        else:
+            print("serve: skipped (no CUDA GPU here; GPU figures are in docs/benchmarks.md)")
     return log
 
 

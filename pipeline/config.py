@@ -57,6 +57,10 @@ class VerifyConfig:
     )
     server: str = doc("Compare with Kyutai's moshi-server: 'auto' (when it is installed and the model is an "
                       "export it can load), 'yes' (fail if it cannot run), 'no'.", "auto")
+    device: str = doc("Where both runtimes run the parity checks: 'cpu' (Candle float32 against PyTorch float32 "
+                      "and bf16, what CI runs) or 'cuda' (Candle CUDA bf16 against PyTorch CUDA bf16, the way "
+                      "moshi-server runs on a GPU; needs candle_bridge built by scripts/build_cuda.sh and, for "
+                      "the server row, MOSHI_SERVER pointing at a `--features cuda` build).", "cpu")
 
 
 @dataclass
@@ -203,6 +207,9 @@ class ServeConfig:
     port: int = doc("Port on 127.0.0.1.", 8080)
     device: str = doc("'cpu', or 'cuda' with a moshi-server built with `--features cuda`.", "cpu")
     batch_size: int = doc("Streams (slots) the server batches; 0 = the export's moshi-server.toml value.", 1)
+    bench_streams: str = doc("Concurrent real-time streams `invoke bench --what serve` tries, comma-separated; "
+                             "each runs with as many server slots (and the PyTorch peer at that batch).",
+                             "64,256,512,1024")
 
 
 @dataclass
@@ -381,6 +388,14 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: merge.dtype must be 'bf16' or 'f32', got {cfg.merge.dtype!r}")
     if cfg.export.device not in ("cuda", "cpu"):
         raise ConfigError(f"{where}: export.device must be 'cuda' or 'cpu', got {cfg.export.device!r}")
+    try:
+        if not all(int(n) > 0 for n in cfg.serve.bench_streams.split(",")):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{where}: serve.bench_streams must be positive whole numbers separated by commas, "
+                          f"got {cfg.serve.bench_streams!r}") from None
+    if cfg.verify.device not in ("cuda", "cpu"):
+        raise ConfigError(f"{where}: verify.device must be 'cpu' or 'cuda', got {cfg.verify.device!r}")
     if cfg.serve.device not in ("cuda", "cpu"):
         raise ConfigError(f"{where}: serve.device must be 'cpu' or 'cuda', got {cfg.serve.device!r}")
     if not 0 < cfg.serve.port < 65536:
@@ -406,6 +421,8 @@ def _check_type(value: Any, hint: Any, name: str, where: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
         return float(value)  # PyYAML (YAML 1.1) reads "3e-4" as a string: it wants "3.0e-4"
+    if hint is str and isinstance(value, bool):
+        return "yes" if value else "no"  # PyYAML (YAML 1.1) reads yes/no/on/off as booleans: `server: no`
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
     if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):

@@ -114,3 +114,13 @@ def test_bad_config_gives_one_line_error_naming_the_field(tiny_copy):
 def test_missing_directory_is_an_error():
     with pytest.raises(ValueError, match="config.json"):
         candle_report("/nonexistent/checkpoint")
+
+
+def test_device_names_are_checked_and_a_cpu_build_refuses_cuda(tiny_ckpt):
+    with pytest.raises(ValueError, match='device "gpu": expected "cpu", "cuda" or "cuda:N"'):
+        candle_bridge.Streamer(str(tiny_ckpt), "f32", "gpu")
+    with pytest.raises(ValueError, match="built without CUDA; build it with scripts/build_cuda.sh bridge"):
+        candle_bridge.Streamer(str(tiny_ckpt), "bf16", "cuda")
+    with pytest.raises(ValueError, match="built without CUDA"):
+        candle_bridge.ServerStreamer(str(tiny_ckpt), 6, "cuda:0")
+    assert candle_bridge.Streamer(str(tiny_ckpt), "f32", "cpu").n_q > 0

@@ -29,6 +29,14 @@ def test_exponent_floats_without_a_dot(tmp_path):
         load_config(None, ["train.lr=3e-4x"])
 
 
+def test_yaml_yes_and_no_stay_words_in_text_fields(tmp_path):
+    # YAML 1.1 reads yes/no as booleans; `--set verify.server=no` means the word.
+    assert load_config(None, ["verify.server=no"]).verify.server == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("verify:\n  server: yes\n")
+    assert load_config(path).verify.server == "yes"
+
+
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
@@ -39,6 +47,9 @@ def test_exponent_floats_without_a_dot(tmp_path):
         ("model: [1, 2]\n", [], "model must be a mapping"),
         ("model: {source: tiny\n", [], "not valid YAML"),
         ("", ["checkpoint.seed"], "expected section.field=value"),
+        ("", ["verify.device=gpu"], "verify.device must be 'cpu' or 'cuda'"),
+        ("", ["serve.bench_streams=64,x"], "serve.bench_streams must be positive whole numbers"),
+        ("", ["serve.bench_streams=64,0"], "serve.bench_streams must be positive whole numbers"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, text, overrides, message):

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,8 +20,9 @@ def test_list_shows_every_stage():
         assert f"  {name} " in out
 
 
-def test_gpu_benchmark_without_a_gpu_says_so_and_runs_nothing(tmp_path):
-    result = invoke("bench", "--what", "train", "--set", f"artifacts={tmp_path}")
+@pytest.mark.parametrize("what", ["train", "serve"])
+def test_gpu_benchmark_without_a_gpu_says_so_and_runs_nothing(tmp_path, what):
+    result = invoke("bench", "--what", what, "--set", f"artifacts={tmp_path}")
     assert result.returncode == 3
     assert "needs a CUDA GPU" in result.stderr and "docs/benchmarks.md" in result.stderr
 

@@ -10,6 +10,7 @@
 //! runs it with the semantics of Kyutai's moshi-server (warm-up, then a slot reset).
 
 mod checkpoint;
+mod device;
 mod json_fields;
 mod lm_config;
 mod mimi_config;
@@ -18,6 +19,7 @@ mod recorder;
 mod report;
 mod safetensors_header;
 mod server_streaming;
+mod step_timing;
 mod streaming;
 mod transformer_keys;
 
@@ -29,6 +31,7 @@ mod python_server_streamer;
 mod python_streamer;
 
 pub use checkpoint::Checkpoint;
+pub use device::device_from_name;
 pub use lm_config::lm_config_from_json;
 pub use mimi_config::mimi_config_from_json;
 pub use models::{build_lm, build_lm_batched, build_mimi, build_mimi_batched};
@@ -38,4 +41,5 @@ pub use report::{
 };
 pub use safetensors_header::{read_tensor_index, TensorInfo};
 pub use server_streaming::{ServerStep, ServerStreamer, WordEvent, WARMUP_FRAMES};
+pub use step_timing::{time_server_steps, StepTimes};
 pub use streaming::{Step, Streamer};

@@ -22,10 +22,34 @@ fn py_check_checkpoint(py: Python<'_>, path: &str, lm_dtype: &str) -> PyResult<S
     serde_json::to_string(&report).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+/// Times moshi-server's batched step on `device` ("cpu", "cuda", "cuda:N") for the checkpoint
+/// directory `path` with `batch` streams: returns (step_ms, mimi_ms), the milliseconds of the
+/// whole `asr::State` step and of its Mimi encode alone at each of steps `timed_from..timed_to`.
+#[pyfunction]
+#[pyo3(name = "time_server_steps")]
+fn py_time_server_steps(
+    py: Python<'_>,
+    path: &str,
+    batch: usize,
+    timed_from: usize,
+    timed_to: usize,
+    device: &str,
+) -> PyResult<(Vec<f64>, Vec<f64>)> {
+    let err = |e: anyhow::Error| PyValueError::new_err(format!("{e:#}"));
+    let device = crate::device_from_name(device).map_err(err)?;
+    let times = py
+        .allow_threads(|| {
+            crate::time_server_steps(Path::new(path), batch, timed_from, timed_to, &device)
+        })
+        .map_err(err)?;
+    Ok((times.step_ms, times.mimi_ms))
+}
+
 #[pymodule]
 fn candle_bridge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(py_check_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(py_time_server_steps, m)?)?;
     m.add_class::<crate::python_streamer::PyStreamer>()?;
     m.add_class::<crate::python_server_streamer::PyServerStreamer>()?;
     m.add("WARMUP_FRAMES", crate::WARMUP_FRAMES)?;

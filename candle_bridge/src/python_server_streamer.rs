@@ -1,7 +1,7 @@
 //! The `candle_bridge.ServerStreamer` Python class over [`crate::ServerStreamer`].
 
 use crate::python_streamer::{matrix, samples, value_error};
-use crate::{ServerStreamer, WordEvent};
+use crate::{device_from_name, ServerStreamer, WordEvent};
 use numpy::{PyArray1, PyArray2};
 use pyo3::prelude::*;
 use std::path::Path;
@@ -11,12 +11,13 @@ use std::path::Path;
 type Event = (usize, &'static str, Vec<u32>, f64);
 
 /// Streams audio through a checkpoint with the semantics of Kyutai's moshi-server 0.6.4
-/// (`BatchedAsr`, batch 1, greedy, f32 on the CPU): batched models, two silent warm-up frames
-/// at start, then a slot reset (`reset_batch_idx`) per connection. `Streamer` is the
-/// fresh-state reference; this class is what production runs.
+/// (`BatchedAsr`, batch 1, greedy): batched models, two silent warm-up frames at start, then a
+/// slot reset (`reset_batch_idx`) per connection. `Streamer` is the fresh-state reference;
+/// this class is what production runs.
 ///
-/// ServerStreamer(path: str, asr_delay_in_tokens: int): loads the checkpoint directory `path`,
-/// warms up and opens the first connection.
+/// ServerStreamer(path: str, asr_delay_in_tokens: int, device: str = "cpu"): loads the
+/// checkpoint directory `path` on `device` in the server's dtypes (LM f32 on "cpu", bf16 on
+/// "cuda"/"cuda:N"; Mimi f32), warms up and opens the first connection.
 ///
 /// Methods (pcm: 1-D float32 NumPy array, or any sequence of floats; T = frames produced):
 ///   new_connection() -> None: what the server does when a client connects (slot reset).
@@ -34,9 +35,11 @@ pub(crate) struct PyServerStreamer {
 #[pymethods]
 impl PyServerStreamer {
     #[new]
-    fn new(py: Python<'_>, path: &str, asr_delay_in_tokens: usize) -> PyResult<Self> {
+    #[pyo3(signature = (path, asr_delay_in_tokens, device = "cpu"))]
+    fn new(py: Python<'_>, path: &str, asr_delay_in_tokens: usize, device: &str) -> PyResult<Self> {
+        let device = device_from_name(device).map_err(value_error)?;
         let inner = py
-            .allow_threads(|| ServerStreamer::open(Path::new(path), asr_delay_in_tokens))
+            .allow_threads(|| ServerStreamer::open(Path::new(path), asr_delay_in_tokens, &device))
             .map_err(value_error)?;
         Ok(Self { inner })
     }

@@ -1,7 +1,7 @@
 //! The `candle_bridge.Streamer` Python class over [`crate::Streamer`].
 
-use crate::{Step, Streamer};
-use candle::{DType, Device};
+use crate::{device_from_name, Step, Streamer};
+use candle::DType;
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -16,13 +16,15 @@ type Steps<'py> = (
 /// (text token, text logits, pause probabilities) of one step.
 type OneStep<'py> = (u32, Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>);
 
-/// Streams audio through a checkpoint in Kyutai's Rust runtime (moshi crate, CPU) exactly as
-/// its ASR server does (`moshi::asr::State`, batch 1, greedy), one step per 1920-sample frame
-/// of 24 kHz mono audio. At each step the LM sees the previous frame's codes and the previous
+/// Streams audio through a checkpoint in Kyutai's Rust runtime (moshi crate) exactly as its
+/// ASR server does (`moshi::asr::State`, batch 1, greedy), one step per 1920-sample frame of
+/// 24 kHz mono audio. At each step the LM sees the previous frame's codes and the previous
 /// text token.
 ///
-/// Streamer(path: str, dtype: str = "f32"): loads the checkpoint directory `path`; the LM in
-/// `dtype` ("f32"; "bf16" is refused on CPU, which candle cannot run), Mimi in f32.
+/// Streamer(path: str, dtype: str = "f32", device: str = "cpu"): loads the checkpoint
+/// directory `path` on `device` ("cpu", "cuda" or "cuda:N"; CUDA needs the build of
+/// scripts/build_cuda.sh); the LM in `dtype` ("f32" or "bf16"; bf16 is refused on CPU, which
+/// candle cannot run), Mimi in f32.
 ///
 /// Methods (pcm: 1-D float32 NumPy array, or any sequence of floats; T = frames produced):
 ///   reset() -> None: starts a new stream.
@@ -43,16 +45,17 @@ pub(crate) struct PyStreamer {
 #[pymethods]
 impl PyStreamer {
     #[new]
-    #[pyo3(signature = (path, dtype = "f32"))]
-    fn new(py: Python<'_>, path: &str, dtype: &str) -> PyResult<Self> {
+    #[pyo3(signature = (path, dtype = "f32", device = "cpu"))]
+    fn new(py: Python<'_>, path: &str, dtype: &str, device: &str) -> PyResult<Self> {
         let dtype: DType = dtype.parse().map_err(|_| {
             PyValueError::new_err(format!(
                 "dtype: unknown dtype {dtype:?} (expected \"f32\" or \"bf16\")"
             ))
         })?;
+        let device = device_from_name(device).map_err(value_error)?;
         // Loading a 1B model takes seconds: let other Python threads run meanwhile.
         let inner = py
-            .allow_threads(|| Streamer::open(Path::new(path), dtype, &Device::Cpu))
+            .allow_threads(|| Streamer::open(Path::new(path), dtype, &device))
             .map_err(value_error)?;
         Ok(Self { inner })
     }

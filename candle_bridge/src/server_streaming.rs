@@ -54,21 +54,23 @@ pub struct ServerStreamer {
 }
 
 impl ServerStreamer {
-    /// Loads the checkpoint in `dir` (LM and Mimi in f32 on the CPU), warms it up with
+    /// Loads the checkpoint in `dir` on `device` in the server's dtypes (the LM in bf16 on a
+    /// GPU, f32 on the CPU: `model_dtype` without override; Mimi always f32), warms it up with
     /// [`WARMUP_FRAMES`] silent frames and resets slot 0, as a freshly started server does
     /// before its first connection. `asr_delay_in_tokens` is the server config's key of that
     /// name (the text delay in frames).
-    pub fn open(dir: &Path, asr_delay_in_tokens: usize) -> Result<Self> {
-        let device = Device::Cpu;
+    pub fn open(dir: &Path, asr_delay_in_tokens: usize, device: &Device) -> Result<Self> {
+        let device = device.clone();
         let ckpt = Checkpoint::open(dir)?;
         let frame_samples = frame_samples(&ckpt.mimi)?;
-        let dtype = candle::DType::F32;
+        let lm_dtype = device.bf16_default_to_f32();
         // SAFETY: the mappings are read-only; the files must not change while the models load.
         let lm_vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&ckpt.lm_file], dtype, &device) }?;
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&ckpt.lm_file], lm_dtype, &device) }?;
         let lm = build_lm_batched(&ckpt.lm, 1, lm_vb)?;
+        let f32 = candle::DType::F32;
         let mimi_vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&ckpt.mimi_file], dtype, &device) }?;
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&ckpt.mimi_file], f32, &device) }?;
         let mimi = build_mimi_batched(&ckpt.mimi, 1, mimi_vb)?;
         let state = State::new(1, asr_delay_in_tokens, 0.0, mimi, lm)?;
         let mut streamer = Self {

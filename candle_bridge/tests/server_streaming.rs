@@ -16,7 +16,7 @@ const STEPS: usize = 40;
 fn each_connection_replays_the_same_outputs() {
     let dir = fixture();
     let pcm = noise(STEPS);
-    let mut server = ServerStreamer::open(dir.path(), ASR_DELAY).unwrap();
+    let mut server = ServerStreamer::open(dir.path(), ASR_DELAY, &Device::Cpu).unwrap();
     assert_eq!((server.frame_samples(), server.pause_heads()), (FRAME, 4));
     let first = server.step_pcm(&pcm).unwrap();
     assert_eq!(first.len(), STEPS);
@@ -31,7 +31,7 @@ fn each_connection_replays_the_same_outputs() {
 #[test]
 fn the_first_step_sees_the_text_start_token_and_later_steps_the_previous_output() {
     let dir = fixture();
-    let mut server = ServerStreamer::open(dir.path(), ASR_DELAY).unwrap();
+    let mut server = ServerStreamer::open(dir.path(), ASR_DELAY, &Device::Cpu).unwrap();
     let steps = server.step_pcm(&noise(STEPS)).unwrap();
     let fresh = Streamer::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(steps[0].text_input as usize, fresh.text_card());
@@ -48,7 +48,7 @@ fn the_first_step_sees_the_text_start_token_and_later_steps_the_previous_output(
 fn the_server_stream_differs_from_a_fresh_state() {
     let dir = fixture();
     let pcm = noise(STEPS);
-    let mut server = ServerStreamer::open(dir.path(), ASR_DELAY).unwrap();
+    let mut server = ServerStreamer::open(dir.path(), ASR_DELAY, &Device::Cpu).unwrap();
     let mut fresh = Streamer::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let served: Vec<Vec<f32>> = server
         .step_pcm(&pcm)

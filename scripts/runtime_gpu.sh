@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The production runtime on the GPU box (issue #19), with the builds of scripts/build_cuda.sh:
+#   scripts/runtime_gpu.sh parity [EXPORT]   verify-candle --device cuda (Candle CUDA bf16 against
+#                                            PyTorch CUDA bf16) on EXPORT (default: the organism's,
+#                                            artifacts/organism/export, carried)
+#   scripts/runtime_gpu.sh parity-1b [STEPS] train every weight of the 1b preset for STEPS (default 150)
+#                                            on the default espeak dataset, export, verify --device cuda
+#   scripts/runtime_gpu.sh serve [N,N,...] [server|peer|both]
+#                                            invoke bench --what serve on a 1b-shape export (random
+#                                            weights): moshi-server CUDA and the PyTorch peer
+#   scripts/runtime_gpu.sh split [N,N,...]   the server's batched step in-process (Kyutai's crate on
+#                                            Candle CUDA), whole and its Mimi encode alone (default N 1024)
+# carry: .whl (the wheels of scripts/organism_gpu.sh plus websockets and msgpack, and .whl/extra:
+# candle_bridge_cuda.tar.xz, moshi-server-cuda.xz, libopus.so.0, libpython3.*.so.*), and for
+# `parity` the export. Figures land in $OUT.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && tar -xJf .whl/extra/candle_bridge_cuda.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD || exit 1
+cp -r .whl/pkgs/. /tmp/site/ 2>/dev/null
+# Candle's CUDA build links cuBLAS and cuRAND 13 dynamically: PyTorch's copies; the driver's libcuda.so.1.
+nvlib=$(python3 -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13', 'lib'))")
+export LD_LIBRARY_PATH=$nvlib:/tmp/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_MININTERVAL=30
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; date -u
+set -o pipefail
+quiet() { tr "\r" "\n" | grep -v -E "step/s|file/s|utt/s|it/s|codebook/s" | tee "$1" | tail -4; }
+server_binary() {
+  mkdir -p /tmp/lib /tmp/bin
+  cp .whl/extra/libopus.so.0 .whl/extra/libpython3*.so* /tmp/lib/ 2>/dev/null
+  xz -dc .whl/extra/moshi-server-cuda.xz >/tmp/bin/moshi-server && chmod +x /tmp/bin/moshi-server
+  ldd /tmp/bin/moshi-server | grep -E "not found" && return 1
+  export MOSHI_SERVER=/tmp/bin/moshi-server
+}
+export_1b() {
+  [ -f artifacts/checkpoints/1b/config.json ] || python3 -m invoke checkpoint --preset 1b 2>&1 | quiet $OUT/checkpoint.log
+}
+case "$1" in
+  parity)
+    model=${2:-artifacts/organism/export}
+    time python3 -m invoke verify-candle --model "$model" --set verify.device=cuda --set verify.server=no 2>&1 \
+      | tee $OUT/verify-cuda-$(basename "$model").txt | tail -14 ;;
+  parity-1b)
+    steps=${2:-150}
+    export_1b
+    [ -f artifacts/data/train.jsonl ] || time python3 -m invoke data --set data.piper_fraction=0 2>&1 | quiet $OUT/data.log
+    time python3 -m invoke train --model 1b --set train.method=full --set train.steps=$steps --set train.lr=0.0003 \
+      --set train.warmup_steps=30 --set train.compile=false --set train.out=runs/1b-full 2>&1 | quiet $OUT/train.log
+    python3 -c "
+import json; m=[json.loads(l) for l in open('artifacts/runs/1b-full/metrics.jsonl')]
+for r in m[::50]+m[-1:]: print(r['step'], round(r['text_loss'],3), round(r['head_loss'],3))" | tee $OUT/train-loss.txt
+    time python3 -m invoke export --set export.source=$PWD/artifacts/runs/1b-full/final --set export.out=export-1b-trained \
+      2>&1 | quiet $OUT/export.log
+    server_binary && server=auto || server=no
+    time python3 -m invoke verify-candle --model artifacts/export-1b-trained --set verify.device=cuda \
+      --set verify.server=$server 2>&1 | tee $OUT/verify-cuda-1b-trained.txt | tail -14 ;;
+  serve)
+    export_1b
+    [ "${3:-both}" = peer ] || server_binary || exit 1
+    python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
+    python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-64,256,512,1024}" | tr , " ") \
+      $([ "${3:-both}" = both ] || echo --only "$3") 2>&1 | tee $OUT/serve.jsonl
+    for f in /tmp/serve-work/server-*/server.log; do [ -f "$f" ] && tail -c 200000 "$f" >$OUT/$(basename "$(dirname "$f")").log; done
+    ;;
+  split)
+    export_1b
+    python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
+    python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-1024}" | tr , " ") --only split \
+      2>&1 | tee $OUT/split.jsonl ;;
+  *) echo "usage: scripts/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] | serve [N,N,...] [server|peer|both]" \
+       "| split [N,N,...]" >&2; exit 2 ;;
+esac
+date -u
