@@ -25,11 +25,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .checkpoint import Checkpoint, legacy_name
 from .errors import StageError
-from .io import atomic_dir, cast_specs, sha256_file, write_safetensors
+from .io import SafetensorsFile, atomic_dir, cast_specs, sha256_file, write_safetensors
 from .merge import LoraMerge
 
 MANIFEST = "manifest.json"
@@ -40,17 +39,17 @@ class ExportError(StageError):
     """A checkpoint that cannot be exported, or an exported directory that was altered."""
 
 
-def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None, merger: LoraMerge | None = None) -> None:
+def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None, merger: LoraMerge | None = None) -> str:
     """`src` under Kyutai's tensor names (floats cast to `dtype` unless None), tensor by tensor;
-    with `merger`, its LoRA folded in on the way."""
-    with safe_open(str(src), "pt") as f:
+    with `merger`, its LoRA folded in on the way. Returns the written file's sha256."""
+    with SafetensorsFile(src) as f:
         specs = cast_specs(f, dtype, [k for k in f.keys() if not k.startswith("depformer_in.")])
         if merger is None:
             tensors = ((k, f.get_tensor(k).to(want)) for k, (want, _) in specs.items())
         else:
             tensors = merger.tensors(f, specs)
-        write_safetensors(dst, {legacy_name(k): spec for k, spec in specs.items()},
-                          ((legacy_name(k), t) for k, t in tensors))
+        return write_safetensors(dst, {legacy_name(k): spec for k, spec in specs.items()},
+                                 ((legacy_name(k), t) for k, t in tensors))
 
 
 SERVER_BATCH = {"cuda": 64, "cpu": 1}  # slots per device when export.batch_size is 0
@@ -137,14 +136,16 @@ def export(src: Checkpoint | Path, out: Path, batch_size: int = 0, adapter: Path
     merger = None if adapter is None else LoraMerge(src, Path(adapter))
     batch_size = batch_size or SERVER_BATCH[device]
     with atomic_dir(out) as tmp:
-        _write_rust_tensors(files["lm"], tmp / files["lm"].name, torch.bfloat16, merger)
-        _write_rust_tensors(files["mimi"], tmp / files["mimi"].name, None)
+        # The two weight files are hashed as they are written: one read of the base, one write.
+        hashes = {files["lm"].name: _write_rust_tensors(files["lm"], tmp / files["lm"].name, torch.bfloat16, merger),
+                  files["mimi"].name: _write_rust_tensors(files["mimi"], tmp / files["mimi"].name, None)}
         shutil.copyfile(files["tokenizer"], tmp / files["tokenizer"].name)
         if "mimi_config" in files:
             shutil.copyfile(files["mimi_config"], tmp / files["mimi_config"].name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / SERVER_CONFIG).write_text(server_config(Path(out), src, batch_size))
-        manifest = {"files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}}
+        manifest = {"files": {p.name: {"sha256": hashes.get(p.name) or sha256_file(p), "bytes": p.stat().st_size}
+                              for p in sorted(tmp.iterdir())}}
         if merger is not None:
             manifest["merged"] = {"adapter": str(adapter), **asdict(merger.report())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .checkpoint import LEGACY_ATTENTION_NAMES, Checkpoint, legacy_name, write_checkpoint
 from .errors import StageError
-from .io import cast_specs, write_safetensors
+from .io import SafetensorsFile, cast_specs, write_safetensors
 
 LORA_KEYS = ("lora", "lora_rank", "lora_scaling", "lora_name")
 
@@ -137,7 +136,7 @@ def merge(base: Checkpoint | Path, adapter: Path, out: Path, dtype: str = "bf16"
 
     def write_lm(path: Path) -> None:
         # Tensor by tensor: the merged model is never in memory whole.
-        with safe_open(str(files["lm"]), "pt") as f:
+        with SafetensorsFile(files["lm"]) as f:
             specs = cast_specs(f, dtype)
             write_safetensors(path, {legacy_name(k): spec for k, spec in specs.items()},
                               ((legacy_name(k), t) for k, t in merger.tensors(f, specs)))

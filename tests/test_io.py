@@ -69,3 +69,67 @@ def test_write_safetensors_streams_tensors_that_safetensors_reads_back(tmp_path)
         write_safetensors(tmp_path / "b.safetensors", specs, wrong.items())
     with pytest.raises(ValueError, match="no data for tensor empty"):
         write_safetensors(tmp_path / "c.safetensors", specs, list(tensors.items())[:-1])
+
+
+def test_write_safetensors_returns_the_files_sha256_and_reports_a_failed_write(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.io import sha256_file, write_safetensors
+
+    tensors = {"w": torch.randn(300, 70), "h": torch.randn(7).bfloat16()}
+    specs = {k: (v.dtype, v.shape) for k, v in tensors.items()}
+    digest = write_safetensors(tmp_path / "a.safetensors", specs, tensors.items())
+    assert digest == sha256_file(tmp_path / "a.safetensors")
+
+    class FullDisk(Exception):
+        pass
+
+    def produce():  # the writer thread fails on the second block: the caller hears of it
+        yield "w", tensors["w"]
+        yield "h", tensors["h"]
+
+    real_open = open
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        if "w" in mode:
+            writes = []
+
+            def write(block):
+                writes.append(len(block))
+                if len(writes) == 2:
+                    raise FullDisk("no space left")
+                return len(block)
+            return type("F", (), {"write": staticmethod(write), "__enter__": lambda s: s,
+                                  "__exit__": lambda s, *e: fh.close()})()
+        return fh
+
+    monkeypatch.setattr("builtins.open", failing_open)
+    with pytest.raises(FullDisk):
+        write_safetensors(tmp_path / "b.safetensors", specs, produce())
+
+
+def test_safetensors_file_reads_what_safetensors_writes_without_a_memory_map(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.io import SafetensorsFile
+
+    tensors = {"w": torch.randn(3, 5), "h": torch.randn(7).bfloat16(), "ids": torch.arange(4),
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3), "flags": torch.tensor([True, False])}
+    save_file(tensors, str(tmp_path / "a.safetensors"), metadata={"format": "pt"})
+    with SafetensorsFile(tmp_path / "a.safetensors") as f:
+        assert sorted(f.keys()) == sorted(tensors)
+        for key, want in tensors.items():
+            got = f.get_tensor(key)
+            assert got.dtype == want.dtype and torch.equal(got, want), key
+            assert f.get_slice(key).get_shape() == list(want.shape)
+        assert f.get_slice("h").get_dtype() == "BF16"
+
+    data = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    with pytest.raises(ValueError, match=r"cut.safetensors: not a readable .safetensors file \(tensors end at byte"):
+        SafetensorsFile(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match="junk.safetensors: not a readable .safetensors file"):
+        SafetensorsFile(tmp_path / "junk.safetensors")
