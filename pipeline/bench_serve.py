@@ -146,10 +146,12 @@ def summarize_load(results: list[dict], steps: list[ServerStep], n_frames: int, 
 def bench_server(export: Path, workdir: Path, streams: int, seconds: float | None = None, cpu: bool = False,
                  timed: tuple[int, int] = (TIMED_FROM, TIMED_TO), audio: np.ndarray | None = None) -> dict:
     """One row: moshi-server serving `export` with `streams` slots and as many real-time streams."""
-    from .serve import API_KEY, running_server
+    from .serve import API_KEY, running_server, server_binary
     from .verify import test_audio
 
     n_frames = int(round(seconds * FRAME_RATE)) if seconds else timed[1] + 5
+    if n_frames < timed[1]:
+        raise ServeError(f"a {n_frames}-frame stream has no steps {timed[0]}..{timed[1]} to time; stream longer")
     audio = test_audio(30.0) if audio is None else audio
     with running_server(export, workdir, batch_size=streams, cpu=cpu) as url:
         memory = _gpu_memory_mib() if not cpu else None
@@ -157,6 +159,7 @@ def bench_server(export: Path, workdir: Path, streams: int, seconds: float | Non
         memory = max(filter(None, [memory, _gpu_memory_mib() if not cpu else None]), default=None)
     steps = server_steps((workdir / "server.log").read_text(errors="replace"))
     row = {"what": "serve_moshi_server", "streams": streams, "device": "cpu" if cpu else "cuda",
+           "server": str(server_binary()),  # a CPU build given a GPU runs on the CPU: say which binary ran
            "stream_s": round(n_frames * FRAME_S, 2), "timed_steps": list(timed),
            **summarize_load(results, steps, n_frames, timed),
            "gpu_mib": memory}

@@ -71,3 +71,5 @@ def test_load_generator_against_the_real_server_on_cpu(tmp_path):
     assert row["streams_complete"] == 2 and row["errors"] == []
     assert row["steps_timed"] >= 5 and row["step_ms_p50"] > 0
     assert row["lag_ms_p50"] > 0 and row["stream_s"] == 3.04 and row["streams"] == 2  # 38 whole frames
+    with pytest.raises(bs.ServeError, match="no steps 5..30 to time"):
+        bs.bench_server(folder, tmp_path / "work2", 2, seconds=1.0, cpu=True, timed=(5, 30))
