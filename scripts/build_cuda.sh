@@ -7,7 +7,8 @@
 #   scripts/build_cuda.sh bridge   candle_bridge (features python,cuda) -> .whl/extra/candle_bridge_cuda.tar.xz
 #                                  (the package folder candle_bridge/, about 2 MB: untar it into a site dir)
 #   scripts/build_cuda.sh server   moshi-server 0.6.4 --features cuda  -> .whl/extra/moshi-server-cuda.xz
-#   scripts/build_cuda.sh all      both
+#   scripts/build_cuda.sh wheels   the Python wheels the box lacks (moshi, invoke, websockets, ...) -> .whl/
+#   scripts/build_cuda.sh all      all three
 #
 # Slow parts are cached outside the clone under $STT_NUMERALS_CACHE (default ~/.cache/stt-numerals):
 # the wheels (cuda13/, about 1.2 GB), the Rust targets (cargo-target-cuda/, server-target-cuda/).
@@ -88,9 +89,22 @@ server() {
   ls -la .whl/extra
 }
 
+wheels() {
+  # The Python packages the box lacks (it has torch, numpy, safetensors, huggingface_hub), as
+  # cp312 wheels at the versions of this .venv: scripts/runtime_gpu.sh installs them offline.
+  local pkgs=() name
+  for name in moshi invoke num2words soundfile cffi pycparser soxr espeakng-loader websockets msgpack; do
+    pkgs+=("$name==$("$python" -m pip show "$name" | awk '/^Version:/{print $2}')")
+  done
+  "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${pkgs[@]}"
+  ls .whl/*.whl
+}
+
 case "${1:-}" in
   bridge) bridge ;;
   server) server ;;
-  all) bridge && server ;;
-  *) echo "usage: scripts/build_cuda.sh bridge|server|all" >&2; exit 2 ;;
+  wheels) wheels ;;
+  all) wheels && bridge && server ;;
+  *) echo "usage: scripts/build_cuda.sh bridge|server|wheels|all" >&2; exit 2 ;;
 esac
