@@ -154,9 +154,8 @@ def bench_server(export: Path, workdir: Path, streams: int, seconds: float | Non
         raise ServeError(f"a {n_frames}-frame stream has no steps {timed[0]}..{timed[1]} to time; stream longer")
     audio = test_audio(30.0) if audio is None else audio
     with running_server(export, workdir, batch_size=streams, cpu=cpu) as url:
-        memory = _gpu_memory_mib() if not cpu else None
         results = load_test(url, streams, n_frames, audio, API_KEY)
-        memory = max(filter(None, [memory, _gpu_memory_mib() if not cpu else None]), default=None)
+        memory = None if cpu else _gpu_memory_mib()  # after the load, the server still up: its peak
     steps = server_steps((workdir / "server.log").read_text(errors="replace"))
     row = {"what": "serve_moshi_server", "streams": streams, "device": "cpu" if cpu else "cuda",
            "server": str(server_binary()),  # a CPU build given a GPU runs on the CPU: say which binary ran
