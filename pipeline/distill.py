@@ -37,12 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
-from .constants import FRAME_RATE, SAMPLE_RATE
+from .constants import FRAME_RATE, FRAME_SAMPLES, SAMPLE_RATE
 from .errors import StageError
 from .io import atomic_dir, atomic_file
+from .train import warmup_cosine
 
 WINDOW_S = 30.0
-FRAME = round(SAMPLE_RATE / FRAME_RATE)         # 1920 samples
+FRAME = FRAME_SAMPLES                           # 1920 samples, the stream format's frame
 WINDOW_FRAMES = int(WINDOW_S * FRAME_RATE)      # 375
 WHISPER_RATE = 16_000
 MELS_PER_FRAME = 8                              # Whisper's 10 ms mel frames per 80 ms Mimi frame
@@ -178,12 +179,6 @@ def student_forward(mimi, audio: torch.Tensor):
     return first.x, first.x + rest.x, (first.penalty + rest.penalty) / 2, torch.cat([first.codes, rest.codes], 1)
 
 
-def _lr(step: int, steps: int, peak: float, warmup: int = 100) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def train_student(cfg: Config, mimi, heads: Heads, audio: torch.Tensor, states: torch.Tensor, mels: torch.Tensor,
                   device: str) -> dict:
     """Crops of `crop` frames from random windows; returns what the run did."""
@@ -213,7 +208,7 @@ def train_student(cfg: Config, mimi, heads: Heads, audio: torch.Tensor, states: 
         rec_loss = (mel_pred - mel.to(device)).abs().mean()
         loss = sem_loss + rec_loss + o.distill_commitment * penalty.float()
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, o.distill_steps, o.distill_lr)
+            group["lr"] = warmup_cosine(step, o.distill_steps, o.distill_lr, warmup=100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -245,13 +245,18 @@ def head_loss(head_logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 
 # --- the run --------------------------------------------------------------------------------------
 
+def warmup_cosine(step: int, steps: int, peak: float, warmup: int, floor: float = 0.0) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then a cosine down to `floor` x `peak` at `steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def lr_at(step: int, cfg) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
+    if cfg.schedule == "constant" and step >= cfg.warmup_steps:
         return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup_steps, floor=0.1)
 
 
 def load_samples(cfg: Config, ckpt: Checkpoint, device: str) -> list[Sample]:
