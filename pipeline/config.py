@@ -230,6 +230,13 @@ class EvalConfig:
         "moshi, reloads the model per utterance), 'server-semantics' (the Rust crate as moshi-server runs "
         "it: warm-up, then a slot reset per connection) or 'server' (Kyutai's moshi-server itself on "
         "127.0.0.1, what production gives; needs the server that bootstrap.sh installs).", "candle")
+    text: str = doc(
+        "What each model reads back as its own transcript: 'model' (the tokens it wrote, as in production) "
+        "or 'reference' (teacher forcing: the reference labels, built as training builds them, the base's "
+        "numbers in digit form as Kyutai's base writes them, the candidate's in words). 'reference' reads "
+        "the pause heads as if recognition were perfect, which tells recognition errors from head "
+        "behaviour; the word figures then only check the forcing. Needs word timings and the 'candle' or "
+        "'torch' runtime.", "model")
     pause_head: int = doc(
         "Pause head that ends the user's turn: 2 = 'no new word within 2 s' (the one Unmute reads).", 2)
     threshold: float = doc(
@@ -252,6 +259,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.runtime not in _RUNTIMES:
             raise ConfigError(f"eval.runtime must be one of {_RUNTIMES}, got {self.runtime!r}")
+        if self.text not in ("model", "reference"):
+            raise ConfigError(f"eval.text must be 'model' or 'reference', got {self.text!r}")
+        if self.text == "reference" and self.runtime not in ("candle", "torch"):
+            raise ConfigError(f"eval.text=reference forces the text stream, which the {self.runtime!r} runtime "
+                              "cannot; set eval.runtime to 'candle' or 'torch'")
         if self.split not in ("train", "eval"):
             raise ConfigError(f"eval.split must be 'train' or 'eval', got {self.split!r}")
         for name in ("threshold", "smooth_threshold"):

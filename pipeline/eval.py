@@ -14,6 +14,11 @@ Definitions (the tests check each on hand-built cases):
   of silence (at least the text delay + 1 s) so the words written 0.5 s late come out. Step s
   is emitted once frame s's audio has arrived, at audio time (s + 1) / 12.5 s: that is when a
   client reads its `pause[:, k]` (head k) and acts. Every time below is such an emission time.
+- Teacher forcing (`eval.text = reference`). After each step the model reads back the
+  reference's labels, built as training builds them (the base's numbers in digit form, the
+  candidate's in words), instead of its own token: its pause heads then answer as if it had
+  recognized every word, so the cut-offs left are the heads' own, and those that vanish were
+  caused by recognition errors. The words scored are the forced ones (WER near 0 checks it).
 - Words. Kyutai's rule: tokens 0 and 3 are padding; a word ends when padding follows word
   tokens. Each group of tokens is decoded with the checkpoint's SentencePiece model and split
   on spaces (two words with no padding between them are two words). A word's time is its first
@@ -80,7 +85,7 @@ from .evaluate.metrics import (HypWord, Reference, Rules, Span, decode_words, en
                                score_utterance, span_hypotheses, summarize, vad_metrics)
 from .evaluate.report import MODELS, format_summary, summary_table
 from .evaluate.sources import EvalError, as_references, load_references
-from .evaluate.stream import Runner, Streamed
+from .evaluate.stream import Runner, Streamed, reference_text, steps_of
 from .io import atomic_dir
 
 __all__ = ["EvalError", "HypWord", "Reference", "Rules", "Span", "Streamed", "decode_words", "end_of_turn_flags",
@@ -111,15 +116,25 @@ def resolve_models(cfg: Config) -> tuple[Checkpoint, Checkpoint]:
     return resolve(cfg.eval.base or cfg.model.source), resolve(name)
 
 
+# Teacher forcing (`eval.text = reference`): each model reads back the labels it was trained on.
+# The base has Kyutai's number habit (digits once the number is complete; the organism's base is
+# trained so), the candidate is the fine-tune that writes numbers as words.
+FORCED_NUMBER_FORM = {"base": "digits", "candidate": "words"}
+
+
 def _stream_all(ckpt: Checkpoint, refs: Sequence[Reference], cfg: Config, label: str) -> list[Streamed]:
     from tqdm import tqdm
 
     from .data.audio import read_audio
 
-    out = []
+    out, forced = [], cfg.eval.text == "reference"
+    desc = f"{label} ({cfg.eval.runtime}{', reference text' if forced else ''})"
     with Runner(ckpt, cfg.eval.runtime, cfg.eval.flush_seconds) as runner:
-        for ref in tqdm(refs, desc=f"{label} ({cfg.eval.runtime})", unit="utt"):
-            out.append(runner.run(read_audio(ref.path)))
+        for ref in tqdm(refs, desc=desc, unit="utt"):
+            audio = read_audio(ref.path)
+            text = reference_text(ref, ckpt, FORCED_NUMBER_FORM[label], steps_of(len(audio), cfg.eval.flush_seconds)) \
+                if forced else None
+            out.append(runner.run(audio, text))
             if out[-1].pause.shape[1] <= cfg.eval.pause_head:
                 raise EvalError(f"eval.pause_head is {cfg.eval.pause_head} but {ckpt} has "
                                 f"{out[-1].pause.shape[1]} pause heads")
@@ -146,7 +161,8 @@ def evaluate(cfg: Config, base: Checkpoint | Path | None = None, candidate: Chec
     start = time.perf_counter()
     rules = rules_of(cfg)
     runs = {"base": _stream_all(base, refs, cfg, "base"), "candidate": _stream_all(candidate, refs, cfg, "candidate")}
-    meta = {"base": str(base), "candidate": str(candidate), "runtime": cfg.eval.runtime, "data": source,
+    meta = {"base": str(base), "candidate": str(candidate), "runtime": cfg.eval.runtime, "text": cfg.eval.text,
+            "data": source,
             "split": cfg.eval.split, "delay": base.text_delay, "flush_seconds": cfg.eval.flush_seconds,
             "timings": dict(Counter(r.timing for r in refs)), "seconds": round(time.perf_counter() - start, 1)}
     out = cfg.output_path(cfg.eval.out)
@@ -197,7 +213,7 @@ def rescore(folder: Path, out: Path, rules: Rules | None = None, plots: int = 12
                          [HypWord(w["text"], int(w["step"]), float(w["start"])) for w in u[m]["words"]])
                 for i, u in enumerate(saved["utterances"])] for m in MODELS}
     rules = rules or Rules(**meta["rules"])
-    keep = {k: meta[k] for k in ("base", "candidate", "runtime", "data", "split", "delay", "flush_seconds",
+    keep = {k: meta[k] for k in ("base", "candidate", "runtime", "text", "data", "split", "delay", "flush_seconds",
                                  "timings", "seconds") if k in meta}
     _score_and_write(out, {**keep, "rescored_from": str(folder)}, refs, runs, rules, plots)
     return out

@@ -105,9 +105,10 @@ def running_server(export: Path, workdir: Path, port: int | None = None, batch_s
                    cpu: bool = True, timeout_s: float = 300.0) -> Iterator[str]:
     """moshi-server serving `export` on 127.0.0.1 until the block ends; yields its websocket URL.
     Waits until the model is loaded and warmed up; the server's log is `workdir/server.log`."""
-    config = run_config(export, workdir, batch_size)
+    config = run_config(export, workdir, batch_size).resolve()  # absolute: the server runs in workdir
     port = port or free_port()
-    cmd = [str(server_binary()), "worker", "--config", str(config), "--addr", "127.0.0.1", "--port", str(port)]
+    cmd = [str(server_binary().resolve()), "worker", "--config", str(config), "--addr", "127.0.0.1",
+           "--port", str(port)]
     if cpu:
         cmd.append("--cpu")
     log_path = workdir / "server.log"

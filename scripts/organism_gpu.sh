@@ -7,6 +7,13 @@
 #                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
+#   scripts/organism_gpu.sh variants NAME=KEY=VALUE[,KEY=VALUE...] ...
+#                                  fine-tunes of the carried base with those --set overrides, run side by side
+#                                  on the one GPU (the organism is too small to fill it); carry .whl (without
+#                                  extra/ and espeak: 64 MiB), artifacts/organism/model and the pack; each comes
+#                                  back as NAME.tar.xz (final/ without the Mimi and tokenizer, metrics.jsonl,
+#                                  train.log): untar into artifacts/organism/runs/NAME, then
+#                                  `invoke merge --set merge.adapter=organism/runs/NAME ...` here
 # carry: .whl, artifacts/organism/init, artifacts/organism/train.pack.safetensors (and, for
 # `lora` alone, artifacts/organism/model). The pack and init/ are made here by
 # `invoke organism --config configs/organism.yaml --prepare`; .whl holds the moshi, invoke and
@@ -40,10 +47,26 @@ distill() {
   cp artifacts/organism/distill/mimi/* $OUT/ || true
   date -u
 }
+variants() {
+  mkdir -p artifacts/organism/runs
+  for spec in "$@"; do
+    local name=${spec%%=*} args=() kv
+    IFS=, read -ra kv <<< "${spec#*=}"
+    for s in "${kv[@]}"; do args+=(--set "$s"); done
+    (run=artifacts/organism/runs/$name
+     timeout 480 python3 -m invoke train --config configs/organism.yaml --set train.data=organism/train.pack.safetensors \
+       --set "train.out=organism/runs/$name" "${args[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" > "$run.log"
+     echo "$name: $(tail -1 "$run.log")"; cp "$run.log" "$run/train.log"
+     tar -C "$run" -cJf "$OUT/$name.tar.xz" --exclude="mimi*" --exclude="tokenizer*" final metrics.jsonl train.log) &
+  done
+  wait
+  date -u
+}
 case "$1" in
   distill) distill 420 "${@:2}" ;;
   all) base 430 && lora 140 ;;
   base) base 560 ;;
   lora) lora 560 ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|all|base|lora" >&2; exit 2 ;;
+  variants) variants "${@:2}" ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|all|base|lora|variants" >&2; exit 2 ;;
 esac

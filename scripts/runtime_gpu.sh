@@ -5,9 +5,10 @@
 #                                            artifacts/organism/export, carried)
 #   scripts/runtime_gpu.sh parity-1b [STEPS] train every weight of the 1b preset for STEPS (default 150)
 #                                            on the default espeak dataset, export, verify --device cuda
-#   scripts/runtime_gpu.sh serve [N,N,...] [server|peer|both]
-#                                            invoke bench --what serve on a 1b-shape export (random
-#                                            weights): moshi-server CUDA and the PyTorch peer
+#   scripts/runtime_gpu.sh serve [N,N,...] [server|peer]
+#                                            `invoke bench --what serve` on a 1b-shape export (random
+#                                            weights): moshi-server CUDA and the PyTorch peer in one run,
+#                                            then the streams-per-GPU row; `server` or `peer`: that side only
 #   scripts/runtime_gpu.sh split [N,N,...]   the server's batched step in-process (Kyutai's crate on
 #                                            Candle CUDA), whole and its Mimi encode alone (default N 1024)
 # carry: .whl (the wheels of scripts/organism_gpu.sh plus websockets and msgpack, and .whl/extra:
@@ -54,18 +55,25 @@ for r in m[::50]+m[-1:]: print(r['step'], round(r['text_loss'],3), round(r['head
       --set verify.server=$server 2>&1 | tee $OUT/verify-cuda-1b-trained.txt | tail -14 ;;
   serve)
     export_1b
-    [ "${3:-both}" = peer ] || server_binary || exit 1
-    python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
-    python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-64,256,512,1024}" | tr , " ") \
-      $([ "${3:-both}" = both ] || echo --only "$3") 2>&1 | tee $OUT/serve.jsonl
-    for f in /tmp/serve-work/server-*/server.log; do [ -f "$f" ] && tail -c 200000 "$f" >$OUT/$(basename "$(dirname "$f")").log; done
+    [ "$3" = peer ] || server_binary || exit 1
+    if [ -z "$3" ]; then
+      python3 -m invoke bench --what serve --set serve.bench_streams="${2:-64,256,512,1024}" 2>&1 | tee $OUT/serve.log \
+        | grep "^{"
+      work=artifacts/bench/serve-work
+    else
+      python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
+      python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-64,256,512,1024}" | tr , " ") \
+        --only "$3" 2>&1 | tee $OUT/serve.jsonl
+      work=/tmp/serve-work
+    fi
+    for f in $work/server-*/server.log; do [ -f "$f" ] && tail -c 200000 "$f" >$OUT/$(basename "$(dirname "$f")").log; done
     ;;
   split)
     export_1b
     python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
     python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-1024}" | tr , " ") --only split \
       2>&1 | tee $OUT/split.jsonl ;;
-  *) echo "usage: scripts/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] | serve [N,N,...] [server|peer|both]" \
+  *) echo "usage: scripts/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] | serve [N,N,...] [server|peer]" \
        "| split [N,N,...]" >&2; exit 2 ;;
 esac
 date -u

@@ -216,3 +216,74 @@ def test_invoke_eval_prints_the_summary_and_the_report(tiny_ckpt, candidate, dat
     missing = invoke("eval", "--model", str(tiny_ckpt), "--data", str(dataset), "--set", f"artifacts={tmp_path}")
     assert missing.returncode == 2 and "invoke merge" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_reference_text_places_words_as_training_does(tiny_ckpt):
+    """Known answers at the edges: the first word, a number in words vs digit form, the last word."""
+    from pipeline.checkpoint import Checkpoint
+    from pipeline.evaluate.stream import reference_text
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    encode, delay = ckpt.tokenizer.encode, ckpt.text_delay  # 0.5 s: a word is written 6 frames after it starts
+    words = ["Call", "one", "two", "now."]
+    times = [(0.0, 0.3), (0.8, 1.1), (1.6, 1.9), (2.4, 2.7)]
+    ref = Reference("r", words, times, [Span(1, 2, "12")])
+    spoken, digits = reference_text(ref, ckpt, "words", 50), reference_text(ref, ckpt, "digits", 50)
+    assert len(spoken) == len(digits) == 50
+    for word, (start, _) in zip(words, times):  # each word's tokens from frame floor((start + delay) * 12.5) on
+        first, ids = int((start + delay) * 12.5 + 1e-9), encode(word)
+        assert list(spoken[first:first + len(ids)]) == ids
+    assert spoken[5] == 0 and spoken[:5].tolist() == [3] * 5  # EPAD just before the first word's frame 6
+    one_at, two_at = int((0.8 + delay) * 12.5), int((1.6 + delay) * 12.5)
+    # Digit form (Kyutai's habit): nothing while the number is spoken, "12" once it is complete.
+    assert set(digits[one_at:two_at - 1].tolist()) == {3}
+    assert list(digits[two_at:two_at + len(encode("12"))]) == encode("12")
+    last = int((2.4 + delay) * 12.5)
+    assert (spoken[last + len(encode("now.")):] == 3).all()  # padding after the last word: the turn has ended
+    with pytest.raises(Exception, match="needs word timings"):
+        reference_text(Reference("plain", words, None, []), ckpt, "words", 50)
+
+
+def test_forced_reference_text_reads_back_the_labels(tiny_ckpt, candidate, dataset, tmp_path):
+    """eval.text=reference: each model's words are its labels (the candidate's exactly the
+    reference, the base's numbers in digits) and its pause heads answer to that text, not its own."""
+    cfg = load_config(None, [f"artifacts={tmp_path}", f"eval.data={dataset}", "eval.plots=0", "eval.text=reference"])
+    out = evaluate(cfg, tiny_ckpt, candidate)
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["meta"]["text"] == "reference"
+    cand, base = data["summary"]["candidate"], data["summary"]["base"]
+    assert cand["wer"]["all"]["wer"] == 0.0 and cand["exact_share"] == 1.0 and cand["digit_share"] == 0.0
+    assert base["digit_share"] == 1.0 and base["wer"]["other"]["wer"] == 0.0
+    free = json.loads((evaluate(load_config(None, [f"artifacts={tmp_path / 'free'}", f"eval.data={dataset}",
+                                                   "eval.plots=0"]), tiny_ckpt, candidate) / "metrics.json")
+                      .read_text())
+    forced_traces, free_traces = np.load(out / "traces.npz"), np.load(tmp_path / "free" / "eval" / "traces.npz")
+    assert not np.array_equal(forced_traces["candidate_0_pause"], free_traces["candidate_0_pause"])
+    # Step 0 reads the text start token in both runs.
+    assert np.array_equal(forced_traces["candidate_0_pause"][0], free_traces["candidate_0_pause"][0])
+    assert free["meta"]["text"] == "model"
+
+
+def test_forced_text_needs_a_runtime_that_can_force_it():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="set eval.runtime to 'candle' or 'torch'"):
+        load_config(None, ["eval.text=reference", "eval.runtime=server"])
+    with pytest.raises(ConfigError, match="eval.text must be 'model' or 'reference'"):
+        load_config(None, ["eval.text=oracle"])
+
+
+def test_torch_and_candle_force_the_same_text(tiny_ckpt):
+    """Both runtimes that can force text read it back the same way (f32 parity), one short clip."""
+    from pipeline.evaluate.stream import Runner, steps_of
+    from pipeline.presets import synthetic_audio
+
+    audio = synthetic_audio(1.2, seed=5)
+    steps = steps_of(len(audio), 1.5)
+    forced = np.random.default_rng(0).integers(4, 50, size=steps)
+    runs = {rt: Runner(tiny_ckpt, rt, flush_seconds=1.5).run(audio, forced) for rt in ("candle", "torch")}
+    for streamed in runs.values():
+        assert streamed.tokens.tolist() == forced.tolist() and len(streamed.pause) == steps
+    assert np.abs(runs["candle"].pause - runs["torch"].pause).max() < 1e-4
+    with pytest.raises(Exception, match=f"has {steps - 1} tokens for {steps} audio frames"):
+        Runner(tiny_ckpt, "torch", flush_seconds=1.5).run(audio, forced[:-1])

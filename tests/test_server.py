@@ -105,6 +105,15 @@ def test_the_batch_size_follows_the_target_device(served_export, tmp_path):
     assert run["modules"]["asr"]["batch_size"] == 3 and run["log_dir"] == str((tmp_path / "run" / "log_dir").resolve())
 
 
+def test_a_relative_work_folder_serves(served_export, clips, tmp_path, monkeypatch):
+    """`invoke bench --what serve` passes paths under a relative artifacts folder; the server runs
+    inside its work folder, so every path it is given must still resolve there."""
+    monkeypatch.chdir(tmp_path)
+    with running_server(served_export, Path("serve-work")) as url:
+        served = stream_clip(url, clips[0])
+    assert len(served.pause) >= len(clips[0]) // 1920 and (tmp_path / "serve-work" / "server.log").is_file()
+
+
 def test_server_streams_equal_the_production_semantics_streamer(served_export, server_url, clips):
     ckpt = Checkpoint.open(served_export)
     words_seen = 0

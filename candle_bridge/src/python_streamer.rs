@@ -64,10 +64,21 @@ impl PyStreamer {
         self.inner.reset()
     }
 
-    fn step_pcm<'py>(&mut self, py: Python<'py>, pcm: &Bound<'py, PyAny>) -> PyResult<Steps<'py>> {
+    /// (tokens, logits, pause) per frame; `forced_text` (one token per frame): teacher forcing,
+    /// see `Streamer::step_pcm_forced`.
+    #[pyo3(signature = (pcm, forced_text = None))]
+    fn step_pcm<'py>(
+        &mut self,
+        py: Python<'py>,
+        pcm: &Bound<'py, PyAny>,
+        forced_text: Option<Vec<u32>>,
+    ) -> PyResult<Steps<'py>> {
         let pcm = samples(pcm)?;
         let steps = py
-            .allow_threads(|| self.inner.step_pcm(&pcm))
+            .allow_threads(|| match &forced_text {
+                Some(text) => self.inner.step_pcm_forced(&pcm, text),
+                None => self.inner.step_pcm(&pcm),
+            })
             .map_err(value_error)?;
         let rows = steps.len();
         let per_step = |f: fn(&Step) -> &[f32]| steps.iter().flat_map(f).copied().collect();

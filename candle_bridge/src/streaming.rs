@@ -115,6 +115,34 @@ impl Streamer {
             .collect()
     }
 
+    /// Like `step_pcm`, but after step t the LM reads `text[t]` instead of the token it wrote
+    /// (teacher forcing): the pause heads are then read as if the transcript were exactly `text`,
+    /// which tells recognition errors from head behaviour. Each step still reports its own greedy
+    /// token and logits. `text` needs one token (below the text vocabulary size) per frame.
+    pub fn step_pcm_forced(&mut self, pcm: &[f32], text: &[u32]) -> Result<Vec<Step>> {
+        let frames = self.encode_pcm(pcm)?;
+        if text.len() != frames.len() {
+            bail!(
+                "forced text has {} tokens for {} audio frames; give one per frame",
+                text.len(),
+                frames.len()
+            );
+        }
+        let vocab = self.text_card() as u32;
+        if let Some((i, t)) = text.iter().enumerate().find(|(_, &t)| t >= vocab) {
+            bail!("forced text token {t} at frame {i} is out of range (text vocabulary {vocab})");
+        }
+        frames
+            .iter()
+            .zip(text)
+            .map(|(codes, &token)| {
+                let step = self.step_tokens(codes)?;
+                self.next_text = token;
+                Ok(step)
+            })
+            .collect()
+    }
+
     /// Mimi's codes for `pcm` (mono, any multiple of `frame_samples` samples), one `n_q`-long
     /// vector per frame. Streaming: it continues the Mimi state of earlier calls.
     pub fn encode_pcm(&mut self, pcm: &[f32]) -> Result<Vec<Vec<u32>>> {

@@ -172,6 +172,37 @@ fn reset_replays_the_same_outputs() {
     assert_eq!(streamer.step_pcm(&pcm).unwrap(), first);
 }
 
+#[test]
+fn forced_text_is_what_the_next_step_reads() {
+    let dir = fixture();
+    let pcm = noise(20);
+    let mut streamer = open(&dir);
+    let own = streamer.step_pcm(&pcm).unwrap();
+    // Forcing the tokens the stream wrote itself changes nothing.
+    let written: Vec<u32> = own.iter().map(|s| s.text_token).collect();
+    streamer.reset();
+    assert_eq!(streamer.step_pcm_forced(&pcm, &written).unwrap(), own);
+    // Forcing other text: step 0 (it reads the start token) is unchanged, step 1 on sees the text.
+    let other: Vec<u32> = written.iter().map(|&t| (t + 1) % TEXT_CARD as u32).collect();
+    streamer.reset();
+    let forced = streamer.step_pcm_forced(&pcm, &other).unwrap();
+    assert_eq!(forced[0], own[0]);
+    assert_ne!(forced[1].pause, own[1].pause);
+    // Replaying the forced stream's own greedy choices is not the forced stream.
+    assert_ne!(forced, own);
+    streamer.reset();
+    assert_eq!(
+        err(streamer.step_pcm_forced(&pcm, &other[..19])),
+        "forced text has 19 tokens for 20 audio frames; give one per frame"
+    );
+    let mut bad = other.clone();
+    bad[4] = TEXT_CARD as u32;
+    assert_eq!(
+        err(streamer.step_pcm_forced(&pcm, &bad)),
+        format!("forced text token {TEXT_CARD} at frame 4 is out of range (text vocabulary {TEXT_CARD})")
+    );
+}
+
 fn err<T>(result: anyhow::Result<T>) -> String {
     format!("{:#}", result.map(drop).unwrap_err())
 }

@@ -11,6 +11,11 @@ Each clip is padded to whole 1920-sample frames and followed by `flush_seconds` 
 the words the model writes `audio_delay_seconds` late still come out; one step per frame.
 With the two server runtimes the words are the server's `Word` messages: `HypWord.step` is the
 step that closed the word and `start` the server's `start_time` (the previous word's end).
+
+Teacher forcing (`eval.text = reference`, 'candle' and 'torch' only): after each step the model
+reads back the reference's text stream (`reference_text`, the labels training builds) instead
+of its own token, so its pause heads answer as if it had recognized every word. The `tokens` and
+words returned are then that forced stream.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..constants import FRAME_SAMPLES, SAMPLE_RATE
-from .metrics import HypWord, decode_words
+from ..labels import Word, build_text_stream, digit_form
+from .metrics import HypWord, Reference, decode_words
 from .sources import EvalError
 
 
@@ -38,10 +44,27 @@ class Streamed:
 
 def with_flush(audio: np.ndarray, flush_seconds: float) -> np.ndarray:
     """The clip padded to whole frames, then at least `flush_seconds` of silence (whole frames)."""
-    frames = math.ceil(len(audio) / FRAME_SAMPLES) + math.ceil(flush_seconds * SAMPLE_RATE / FRAME_SAMPLES - 1e-9)
-    out = np.zeros(frames * FRAME_SAMPLES, dtype=np.float32)
+    out = np.zeros(steps_of(len(audio), flush_seconds) * FRAME_SAMPLES, dtype=np.float32)
     out[: len(audio)] = audio
     return out
+
+
+def steps_of(samples: int, flush_seconds: float) -> int:
+    """Stream steps of a clip of `samples` samples once flushed (one per frame)."""
+    return math.ceil(samples / FRAME_SAMPLES) + math.ceil(flush_seconds * SAMPLE_RATE / FRAME_SAMPLES - 1e-9)
+
+
+def reference_text(ref: Reference, ckpt: Checkpoint, number_form: str, steps: int) -> np.ndarray:
+    """The text stream a model trained on `ref` would write, over `steps` frames: its labels as
+    training builds them (`labels.build_text_stream`, the checkpoint's tokenizer and text delay),
+    numbers as spoken words ('words') or in Kyutai's digit form ('digits', `labels.digit_form`)."""
+    if not ref.times:
+        raise EvalError(f"{ref.path or ref.id}: eval.text=reference needs word timings; evaluate a dataset "
+                        "from `invoke data` (its alignments), not a folder of transcripts")
+    words = [Word(w, start, end) for w, (start, end) in zip(ref.words, ref.times)]
+    if number_form == "digits":
+        words = digit_form(words, [(s.first, s.last, s.written) for s in ref.spans])
+    return build_text_stream(words, ckpt.tokenizer.encode, steps, ckpt.text_delay).tokens.numpy()
 
 
 RUNTIMES = ("candle", "torch", "server-semantics", "server")
@@ -95,19 +118,27 @@ class Runner:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def run(self, audio: np.ndarray) -> Streamed:
+    def run(self, audio: np.ndarray, forced_text: np.ndarray | None = None) -> Streamed:
+        """`forced_text`: teacher forcing (see the module doc), one token per step
+        (`steps_of(len(audio), flush_seconds)`)."""
         pcm = with_flush(np.asarray(audio, dtype=np.float32), self.flush_seconds)
         if self.runtime in ("server", "server-semantics"):
+            if forced_text is not None:
+                raise EvalError(f"the {self.runtime!r} runtime cannot force the text stream; use 'candle' or 'torch'")
             return self._run_served(pcm)
+        forced = None if forced_text is None else [int(t) for t in forced_text]
         if self._streamer is not None:
             self._streamer.reset()
-            tokens, _, pause = self._streamer.step_pcm(pcm)
+            tokens, _, pause = self._streamer.step_pcm(pcm, forced)
         else:
             from ..verify import torch_codes, torch_stream
 
-            out = torch_stream(self.ckpt, torch_codes(self.ckpt, pcm))
+            codes = torch_codes(self.ckpt, pcm)
+            if forced is not None and len(forced) != len(codes):
+                raise EvalError(f"forced text has {len(forced)} tokens for {len(codes)} audio frames")
+            out = torch_stream(self.ckpt, codes, forced_text=forced_text)
             tokens, pause = out.tokens, out.pause
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens = np.asarray(tokens if forced is None else forced, dtype=np.int64)
         return Streamed(tokens, np.asarray(pause, dtype=np.float32), decode_words(tokens, self.decode, self.delay))
 
     def _run_served(self, pcm: np.ndarray) -> Streamed:
