@@ -3,8 +3,11 @@
 #   scripts/runtime_gpu.sh parity [EXPORT]   verify-candle --device cuda (Candle CUDA bf16 against
 #                                            PyTorch CUDA bf16) on EXPORT (default: the organism's,
 #                                            artifacts/organism/export, carried)
-#   scripts/runtime_gpu.sh parity-1b [STEPS] train every weight of the 1b preset for STEPS (default 150)
-#                                            on the default espeak dataset, export, verify --device cuda
+#   scripts/runtime_gpu.sh parity-1b [STEPS] [cpu]
+#                                            train every weight of the 1b preset for STEPS (default 150)
+#                                            on the default espeak dataset, export, verify --device cuda;
+#                                            `cpu`: verify on the box's CPU instead, as CI does, then the
+#                                            untrained 1b export for comparison (issue #5's bf16 gate)
 #   scripts/runtime_gpu.sh serve [N,N,...] [server|peer]
 #                                            `invoke bench --what serve` on a 1b-shape export (random
 #                                            weights): moshi-server CUDA and the PyTorch peer in one run,
@@ -47,12 +50,19 @@ case "$1" in
       --set train.warmup_steps=30 --set train.compile=false --set train.out=runs/1b-full 2>&1 | quiet $OUT/train.log
     python3 -c "
 import json; m=[json.loads(l) for l in open('artifacts/runs/1b-full/metrics.jsonl')]
-for r in m[::50]+m[-1:]: print(r['step'], round(r['text_loss'],3), round(r['head_loss'],3))" | tee $OUT/train-loss.txt
+for r in m[::50]+m[-1:]: print(r['step'], round(r['text_loss'],3), round(r['head_loss'],3), r['frames_per_s'], r.get('gpu_peak_gib'))" \
+      | tee $OUT/train-loss.txt
     time python3 -m invoke export --set export.source=$PWD/artifacts/runs/1b-full/final --set export.out=export-1b-trained \
       2>&1 | quiet $OUT/export.log
-    server_binary && server=auto || server=no
-    time python3 -m invoke verify-candle --model artifacts/export-1b-trained --set verify.device=cuda \
-      --set verify.server=$server 2>&1 | tee $OUT/verify-cuda-1b-trained.txt | tail -14 ;;
+    if [ "$3" = cpu ]; then
+      time python3 -m invoke verify-candle --model artifacts/export-1b-trained 2>&1 | tee $OUT/verify-trained.txt | tail -12
+      time python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export-random.log
+      time python3 -m invoke verify-candle --model artifacts/export-1b 2>&1 | tee $OUT/verify-random.txt | tail -12
+    else
+      server_binary && server=auto || server=no
+      time python3 -m invoke verify-candle --model artifacts/export-1b-trained --set verify.device=cuda \
+        --set verify.server=$server 2>&1 | tee $OUT/verify-cuda-1b-trained.txt | tail -14
+    fi ;;
   serve)
     export_1b
     [ "$3" = peer ] || server_binary || exit 1
@@ -73,7 +83,7 @@ for r in m[::50]+m[-1:]: print(r['step'], round(r['text_loss'],3), round(r['head
     python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
     python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-1024}" | tr , " ") --only split \
       2>&1 | tee $OUT/split.jsonl ;;
-  *) echo "usage: scripts/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] | serve [N,N,...] [server|peer]" \
+  *) echo "usage: scripts/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] [cpu] | serve [N,N,...] [server|peer]" \
        "| split [N,N,...]" >&2; exit 2 ;;
 esac
 date -u
