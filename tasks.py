@@ -171,22 +171,27 @@ def organism(c, config=None, set_=None, model=None, prepare=False, stage="all"):
         print(f"trained the model organism: {out} (use it with --model {out})")
 
 
-@task(help={"out": "pack file to write (default: <data.out>.pack.safetensors)", **HELP, **MODEL_HELP},
+@task(help={"out": "pack file to write (default: <data.out>.pack.safetensors, <data.out>.eval.pack.safetensors)",
+            "split": "'train' (default) or 'eval': the held-out split, for train.val_data", **HELP, **MODEL_HELP},
       iterable=["set_"])
-def pack(c, config=None, set_=None, model=None, out=None):
-    """Encode data.out's train split with the model's Mimi into one code pack (train anywhere, no audio)."""
+def pack(c, config=None, set_=None, model=None, out=None, split="train"):
+    """Encode a split of data.out with the model's Mimi into one code pack (train anywhere, no audio)."""
     from pipeline.codes import pack_utterances
     from pipeline.data import dataset_text_delay, read_split
     from pipeline.data.augment import augment_config
 
+    if split not in ("train", "eval"):
+        raise Exit(f"error: --split must be 'train' or 'eval', got {split!r}", code=2)
     cfg = _config(config, set_ or [], model)
     ckpt, data = _checkpoint(cfg), cfg.output_path(cfg.data.out)
-    out = out or f"{data}.pack.safetensors"
-    utterances = _run_stage(read_split, data, "train")
+    out = out or (f"{data}.pack.safetensors" if split == "train" else f"{data}.{split}.pack.safetensors")
+    utterances = _run_stage(read_split, data, split)
+    copies = cfg.data.augment_copies if split == "train" else 0  # held-out audio stays as it was recorded
     _run_stage(pack_utterances, ckpt, utterances, out, cfg.artifacts_dir / "cache" / "codes",
-               _run_stage(dataset_text_delay, data), cfg.data.augment_copies, augment_config(cfg.data), cfg.data.seed)
-    copies = f" + {cfg.data.augment_copies} augmented copies of each" if cfg.data.augment_copies else ""
-    print(f"wrote {out}: {len(utterances)} utterances{copies}; train on it with --set train.data={out}")
+               _run_stage(dataset_text_delay, data), copies, augment_config(cfg.data), cfg.data.seed)
+    extra = f" + {copies} augmented copies of each" if copies else ""
+    use = "train on it with --set train.data" if split == "train" else "score training on it with --set train.val_data"
+    print(f"wrote {out}: {len(utterances)} {split} utterances{extra}; {use}={out}")
 
 
 @task(**COMMON)

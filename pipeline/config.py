@@ -176,6 +176,12 @@ class TrainConfig:
     device: str = doc("'auto' (cuda if available), 'cpu' or 'cuda'.", "auto")
     log_every: int = doc("Write a metrics.jsonl line every N steps.", 1)
     save_every: int = doc("Save a resumable checkpoint every N steps (and at the end).", 50)
+    val_data: str = doc(
+        "Held-out utterances scored every `val_every` steps and at the end (teacher-forced text and head "
+        "loss, text-token accuracy; no gradient), written to metrics.jsonl as val_* fields: a dataset "
+        "folder from `invoke data` (its eval split) or a code pack of one (`invoke pack --split eval`). "
+        "Relative paths are under `artifacts`; empty: none.", "")
+    val_every: int = doc("Score `val_data` every N steps.", 200)
 
 
 @dataclass
@@ -391,7 +397,7 @@ def _validate(cfg: Config, where: str) -> None:
     if not 0 < cfg.train.window_seconds <= 60:
         raise ConfigError(f"{where}: train.window_seconds must be in (0, 60] (the model's context), "
                           f"got {cfg.train.window_seconds}")
-    for name in ("lora_rank", "steps", "batch_size", "log_every", "save_every"):
+    for name in ("lora_rank", "steps", "batch_size", "log_every", "save_every", "val_every"):
         if getattr(cfg.train, name) < 1:
             raise ConfigError(f"{where}: train.{name} must be at least 1, got {getattr(cfg.train, name)}")
     if not cfg.train.lr > 0:

@@ -243,6 +243,34 @@ def head_loss(head_logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return (bce * mask).sum() / mask.sum().clamp(min=1)
 
 
+@torch.no_grad()
+def validate(trainer: Trainer, samples: Sequence[Sample], window: int, encode, delay: float) -> dict[str, float]:
+    """Teacher-forced losses over every held-out utterance, packed in their own order into
+    windows (no shuffling, nothing dropped): the mean text and head loss (weighted by real
+    frames) and the share of word-token targets (not PAD or EPAD) the text head ranks first."""
+    tc, device, lm = trainer.tc, trainer.device, trainer.lm
+    windows = pack_windows([s.frames for s in samples], window, range(len(samples)))
+    text_sum = head_sum = frames = hits = words = 0.0
+    was_training = lm.training
+    lm.eval()
+    try:
+        for i in range(0, len(windows), tc.batch_size):
+            batch = make_batch(windows[i:i + tc.batch_size], samples, window, encode, lm.text_card, lm.card, delay)
+            target = batch.text.to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.autocast):
+                text_logits, head_logits = forward_stt(lm, batch.inputs.to(device))  # the bare model: no DDP sync
+            text_sum += text_loss(text_logits, target, tc.text_padding_weight).item() * batch.real_frames
+            head_sum += head_loss(head_logits, batch.pause.to(device), batch.head_mask.to(device)).item() * batch.real_frames
+            frames += batch.real_frames
+            word = (target != IGNORE) & (target != PAD) & (target != EPAD)
+            hits += (text_logits.argmax(-1)[word] == target[word]).sum().item()
+            words += word.sum().item()
+    finally:
+        lm.train(was_training)
+    return {"val_text_loss": text_sum / frames, "val_head_loss": head_sum / frames,
+            "val_word_token_accuracy": hits / words if words else None}
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 def warmup_cosine(step: int, steps: int, peak: float, warmup: int, floor: float = 0.0) -> float:
@@ -259,26 +287,28 @@ def lr_at(step: int, cfg) -> float:
     return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup_steps, floor=0.1)
 
 
-def load_samples(cfg: Config, ckpt: Checkpoint, device: str) -> list[Sample]:
-    """Training utterances with their Mimi codes: from a code pack, or a dataset folder whose
-    audio is encoded once (cached). Numbers are labelled as `train.number_form` says. A dataset
-    built for another text delay than the model's is refused (its tails were sized for it)."""
+def load_samples(cfg: Config, ckpt: Checkpoint, device: str, data: str | None = None,
+                 split: str = "train") -> list[Sample]:
+    """Utterances with their Mimi codes (`train.data`'s training ones unless `data` and `split`
+    say otherwise): from a code pack, or a dataset folder whose audio is encoded once (cached).
+    Numbers are labelled as `train.number_form` says. A dataset built for another text delay
+    than the model's is refused (its tails were sized for it)."""
     from .codes import CodeCache, read_pack
     from .data import dataset_text_delay, read_split
     from .labels import unencodable_summary
 
-    source = cfg.output_path(cfg.train.data)
+    source = cfg.output_path(data or cfg.train.data)
     mimi_file = ckpt.files["mimi"]
     if source.is_file():
         labels, codes, delay = read_pack(source, mimi_file)
     else:
-        utterances = read_split(source, "train")
+        utterances = read_split(source, split)
         delay = dataset_text_delay(source)
         labels = [{"path": str(u.path), "alignments": u.alignments, "number_spans": u.number_spans} for u in utterances]
         cache = CodeCache(ckpt.load_mimi(device), mimi_file, cfg.artifacts_dir / "cache" / "codes", device)
         codes = cache.encode_all([u.path for u in utterances])
     if not labels:
-        raise TrainingError(f"{source} holds no training utterances; build a dataset with `invoke data`")
+        raise TrainingError(f"{source} holds no {split} utterances; build a dataset with `invoke data`")
     if delay is not None and abs(delay - ckpt.text_delay) > 1e-9:
         raise TrainingError(f"{source} was built for a text delay of {delay:g} s, but {ckpt} writes its text "
                             f"{ckpt.text_delay:g} s late; rebuild the dataset with --set data.text_delay="
@@ -381,9 +411,9 @@ def train_step(trainer: Trainer, batch: Batch, lr: float) -> dict[str, torch.Ten
 
 # --- the run --------------------------------------------------------------------------------------
 
-# Fields a resumed run may change: what is written, and how long it runs (a run may be
+# Fields a resumed run may change: what is written or scored, and how long it runs (a run may be
 # extended; the schedule then follows the new length from the resumed step on).
-RESUMABLE_CHANGES = {"train.log_every", "train.save_every", "train.steps"}
+RESUMABLE_CHANGES = {"train.log_every", "train.save_every", "train.steps", "train.val_data", "train.val_every"}
 
 
 def changed_fields(saved: Config, current: Config) -> list[str]:
@@ -445,6 +475,7 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
     dtype = torch.bfloat16 if device.startswith("cuda") and not full else torch.float32
     if samples is None:
         samples = load_samples(cfg, ckpt, device)
+    held_out = load_samples(cfg, ckpt, device, tc.val_data, "eval") if tc.val_data and rank == 0 else None
     window = int(tc.window_seconds * FRAME_RATE)
 
     torch.manual_seed(tc.seed)
@@ -487,12 +518,15 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
             step += 1
             elapsed = time.perf_counter() - tick
             total_frames = batch.inputs.shape[0] * window
-            if metrics and step % tc.log_every == 0:
+            validating = held_out and (step % tc.val_every == 0 or step == tc.steps)
+            if metrics and (step % tc.log_every == 0 or validating):
                 record = {"step": step, "loss": loss, "text_loss": out["text_loss"].item(),
                           "head_loss": out["head_loss"].item(), "lr": lr_at(step - 1, tc),
                           "grad_norm": out["grad_norm"].item(),
                           "frames_per_s": round(batch.real_frames * world / elapsed, 1),
                           "padding_pct": round(100 * (1 - batch.real_frames / total_frames), 2), **_memory()}
+                if validating:
+                    record.update(validate(trainer, held_out, window, encode, ckpt.text_delay))
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
             bar.update(1)

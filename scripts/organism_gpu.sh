@@ -7,6 +7,12 @@
 #                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
+#   scripts/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none] ...
+#                                  bases of the carried init/ and pack trained for STEPS side by side, each
+#                                  scored on the held-out pack artifacts/organism/eval.pack.safetensors
+#                                  (`invoke pack --split eval --out ...`, carried) every 250 steps, then
+#                                  fine-tuned with those --set overrides (`none`: no fine-tune); each comes back
+#                                  as NAME-base.tar.xz (model weights, config, metrics) and NAME-lora.tar.xz
 #   scripts/organism_gpu.sh variants NAME=KEY=VALUE[,KEY=VALUE...] ...
 #                                  fine-tunes of the carried base with those --set overrides, run side by side
 #                                  on the one GPU (the organism is too small to fill it); carry .whl (without
@@ -62,11 +68,38 @@ variants() {
   wait
   date -u
 }
+bases() {
+  for spec in "$@"; do
+    local name=${spec%%=*} rest=${spec#*=}
+    local steps=${rest%%:*} sets=${rest#*:} args=() kv
+    [ "$sets" = "$rest" ] && sets=""
+    IFS=, read -ra kv <<< "$sets"
+    for s in "${kv[@]}"; do args+=(--set "$s"); done
+    (root=artifacts/organism-$name
+     mkdir -p "$root" && cp -r artifacts/organism/init artifacts/organism/train.pack.safetensors "$root/"
+     timeout 540 python3 -m invoke organism --config configs/organism.yaml --set "organism.out=organism-$name" \
+       --set "organism.steps=$steps" --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 \
+       2>&1 | tr "\r" "\n" | grep -v "step/s" > "$root/base.log"
+     echo "$name base: $(tail -1 "$root/base.log")"
+     cp "$root/base.log" "$root/run/"
+     tar -C "$root" -cJf "$OUT/$name-base.tar.xz" --exclude="mimi*" --exclude="tokenizer*" model run/metrics.jsonl run/base.log
+     [ "$sets" = none ] && exit 0
+     timeout 300 python3 -m invoke train --config configs/organism.yaml --set "model.source=$root/model" \
+       --set "train.data=organism-$name/train.pack.safetensors" --set "train.out=organism-$name/runs/lora" \
+       --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 "${args[@]}" 2>&1 \
+       | tr "\r" "\n" | grep -v "step/s" > "$root/lora.log"
+     echo "$name lora: $(tail -1 "$root/lora.log")"; cp "$root/lora.log" "$root/runs/lora/train.log"
+     tar -C "$root/runs/lora" -cJf "$OUT/$name-lora.tar.xz" final metrics.jsonl train.log) &
+  done
+  wait
+  date -u
+}
 case "$1" in
   distill) distill 420 "${@:2}" ;;
   all) base 430 && lora 140 ;;
   base) base 560 ;;
   lora) lora 560 ;;
   variants) variants "${@:2}" ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|all|base|lora|variants" >&2; exit 2 ;;
+  bases) bases "${@:2}" ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|all|base|lora|variants|bases" >&2; exit 2 ;;
 esac

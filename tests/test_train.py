@@ -101,6 +101,36 @@ def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
     assert (run / "final" / "lora.safetensors").is_file() and (run / "config.yaml").is_file()
 
 
+def _write_pack(path, samples, mimi_file):
+    from types import SimpleNamespace
+
+    from pipeline.codes import write_pack
+
+    utterances = [SimpleNamespace(path=f"eval/{i:05d}.wav", alignments=[(w.text, (w.start, w.end), "SPEAKER_MAIN")
+                                                                       for w in s.words],
+                                  number_spans=[], category="plain", voice="") for i, s in enumerate(samples)]
+    return write_pack(path, utterances, [s.codes for s in samples], mimi_file, text_delay=0.5)
+
+
+def test_held_out_scores_are_logged_and_leave_training_untouched(tmp_path, tiny_ckpt, samples):
+    """train.val_data: val_* fields every val_every steps and at the end; the training itself
+    (every loss of every step) is bit for bit the run without it."""
+    held_out = _write_pack(tmp_path / "eval.pack.safetensors", samples[8:], Checkpoint.open(tiny_ckpt).files["mimi"])
+    plain = metrics(tr.train(config(tmp_path / "a", steps=25), tiny_ckpt, samples=samples[:8]))
+    scored = metrics(tr.train(config(tmp_path / "b", steps=25, val_data=held_out, val_every=10), tiny_ckpt,
+                              samples=samples[:8]))
+    assert [r["loss"] for r in scored] == [r["loss"] for r in plain]
+    assert [r["step"] for r in scored if "val_text_loss" in r] == [10, 20, 25]
+    vals = [r for r in scored if "val_text_loss" in r]
+    assert all(r["val_text_loss"] > 0 and r["val_head_loss"] > 0 and 0 <= r["val_word_token_accuracy"] <= 1
+               for r in vals)
+    assert vals[-1]["val_text_loss"] < vals[0]["val_text_loss"]  # same words, other audio: it generalizes a bit
+    with pytest.raises(tr.TrainingError, match="no eval utterances"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "eval.jsonl").write_text("")
+        tr.train(config(tmp_path / "c", val_data=tmp_path / "empty"), tiny_ckpt, samples=samples[:8])
+
+
 def test_saved_adapter_reproduces_the_trained_model_through_moshi(tmp_path, tiny_ckpt, samples):
     from moshi.models.loaders import get_moshi_lm
 
