@@ -48,8 +48,10 @@ def experiment(tmp_path_factory) -> dict:
     export = artifacts / "organism-ci" / "export"
     verify = _invoke("verify-candle", "--model", str(export), artifacts=artifacts, check=False)
     _invoke("eval", artifacts=artifacts)
+    _invoke("eval", "--set", "eval.text=reference", "--set", "eval.out=organism-ci/eval-forced", artifacts=artifacts)
     metrics = json.loads((artifacts / "organism-ci" / "eval" / "metrics.json").read_text())
-    return {"artifacts": artifacts, "verify": verify, **metrics}
+    forced = json.loads((artifacts / "organism-ci" / "eval-forced" / "metrics.json").read_text())
+    return {"artifacts": artifacts, "verify": verify, **metrics, "forced": forced["summary"]}
 
 
 def test_the_base_is_an_stt_in_kyutais_layout_trained_on_digit_labels(experiment):
@@ -100,3 +102,20 @@ def test_the_base_is_cut_off_mid_dictation(experiment):
     cand = experiment["summary"]["candidate"]["vad"]["threshold"]
     for key in ("dictations_cut", "cutoffs_in_numbers", "spans_cut", "turn_end_detected"):
         assert isinstance(base[key], int) and isinstance(cand[key], int), key
+
+
+MIN_FORCED_BASE_CUT, MIN_FORCED_EFFECT, MAX_FORCED_RATIO = 0.0, 0.0, 1.0
+
+
+def test_with_every_word_recognized_the_fine_tune_stops_mid_number_cut_offs(experiment):
+    """The fine-tune's effect on the pause heads alone (eval.text=reference: each model reads
+    back its own labels, so recognition errors play no part): the base, trained on digit labels,
+    fires inside most dictations; the word-form fine-tune fires in far fewer."""
+    base, cand = (experiment["forced"][m]["vad"]["threshold"] for m in ("base", "candidate"))
+    print({m: {k: experiment["forced"][m]["vad"]["threshold"][k] for k in ("dictations_cut_share", "cutoffs_in_numbers",
+                                                                      "turn_end_detected_share")}
+           for m in ("base", "candidate")})
+    assert experiment["forced"]["candidate"]["exact_share"] == 1.0  # the forcing itself
+    assert base["dictations_cut_share"] >= MIN_FORCED_BASE_CUT
+    assert cand["dictations_cut_share"] <= base["dictations_cut_share"] - MIN_FORCED_EFFECT
+    assert cand["cutoffs_in_numbers"] <= MAX_FORCED_RATIO * base["cutoffs_in_numbers"]
