@@ -53,12 +53,17 @@ distill() {
   cp artifacts/organism/distill/mimi/* $OUT/ || true
   date -u
 }
+set_args() {  # KEY=VALUE,KEY=VALUE -> the array `args` of --set options
+  local kv s
+  args=()
+  IFS=, read -ra kv <<< "$1"
+  for s in "${kv[@]}"; do args+=(--set "$s"); done
+}
 variants() {
   mkdir -p artifacts/organism/runs
   for spec in "$@"; do
-    local name=${spec%%=*} args=() kv
-    IFS=, read -ra kv <<< "${spec#*=}"
-    for s in "${kv[@]}"; do args+=(--set "$s"); done
+    local name=${spec%%=*} args
+    set_args "${spec#*=}"
     (run=artifacts/organism/runs/$name
      timeout 480 python3 -m invoke train --config configs/organism.yaml --set train.data=organism/train.pack.safetensors \
        --set "train.out=organism/runs/$name" "${args[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" > "$run.log"
@@ -71,10 +76,9 @@ variants() {
 bases() {
   for spec in "$@"; do
     local name=${spec%%=*} rest=${spec#*=}
-    local steps=${rest%%:*} sets=${rest#*:} args=() kv
+    local steps=${rest%%:*} sets=${rest#*:} args
     [ "$sets" = "$rest" ] && sets=""
-    IFS=, read -ra kv <<< "$sets"
-    for s in "${kv[@]}"; do args+=(--set "$s"); done
+    set_args "$sets"
     (root=artifacts/organism-$name
      mkdir -p "$root" && cp -r artifacts/organism/init artifacts/organism/train.pack.safetensors "$root/"
      timeout 540 python3 -m invoke organism --config configs/organism.yaml --set "organism.out=organism-$name" \

@@ -3,9 +3,10 @@ configs/organism-ci.yaml, then the direction of each effect on the held-out eval
 
 A model this small and this briefly trained transcribes poorly; what must hold: the base writes
 dictated numbers as digits and its pause head fires mid-dictation; after the word-form
-fine-tune, fewer spans come out as digits. Whether fewer dictations are cut off is not stable
-at this scale (see `test_the_base_is_cut_off_mid_dictation`). The full-size figures are in the
-README.
+fine-tune, fewer spans come out as digits. Whether fewer dictations are cut off with each
+model's own words is not stable at this scale (see `test_the_base_is_cut_off_mid_dictation`);
+with the reference text forced (eval.text=reference), the fine-tune's heads alone must cut in
+less inside numbers. The full-size figures are in the README.
 """
 
 from __future__ import annotations
@@ -104,17 +105,18 @@ def test_the_base_is_cut_off_mid_dictation(experiment):
         assert isinstance(base[key], int) and isinstance(cand[key], int), key
 
 
-MIN_FORCED_BASE_CUT, MIN_FORCED_EFFECT, MAX_FORCED_RATIO = 0.0, 0.0, 1.0
+# Measured on this CPU, 2026-12-01: dictations cut 47.5 % -> 42.5 %, cut-offs inside numbers 29 -> 21.
+# The CI organism hears through a random-weight Mimi and trains for two CPU minutes, so its heads
+# learn little; the bars are the direction with some room: the base cut in at least 30 % of
+# dictations, the fine-tune in no more, and at least 10 % fewer cut-offs inside numbers.
+MIN_FORCED_BASE_CUT, MIN_FORCED_EFFECT, MAX_FORCED_RATIO = 0.3, 0.0, 0.9
 
 
 def test_with_every_word_recognized_the_fine_tune_stops_mid_number_cut_offs(experiment):
     """The fine-tune's effect on the pause heads alone (eval.text=reference: each model reads
     back its own labels, so recognition errors play no part): the base, trained on digit labels,
-    fires inside most dictations; the word-form fine-tune fires in far fewer."""
+    fires inside many dictations; the word-form fine-tune fires inside numbers less often."""
     base, cand = (experiment["forced"][m]["vad"]["threshold"] for m in ("base", "candidate"))
-    print({m: {k: experiment["forced"][m]["vad"]["threshold"][k] for k in ("dictations_cut_share", "cutoffs_in_numbers",
-                                                                      "turn_end_detected_share")}
-           for m in ("base", "candidate")})
     assert experiment["forced"]["candidate"]["exact_share"] == 1.0  # the forcing itself
     assert base["dictations_cut_share"] >= MIN_FORCED_BASE_CUT
     assert cand["dictations_cut_share"] <= base["dictations_cut_share"] - MIN_FORCED_EFFECT
