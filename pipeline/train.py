@@ -259,9 +259,10 @@ def validate(trainer: Trainer, samples: Sequence[Sample], window: int, encode, d
             target = batch.text.to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.autocast):
                 text_logits, head_logits = forward_stt(lm, batch.inputs.to(device))  # the bare model: no DDP sync
-            text_sum += text_loss(text_logits, target, tc.text_padding_weight).item() * batch.real_frames
-            head_sum += head_loss(head_logits, batch.pause.to(device), batch.head_mask.to(device)).item() * batch.real_frames
-            frames += batch.real_frames
+            n = batch.real_frames
+            text_sum += text_loss(text_logits, target, tc.text_padding_weight).item() * n
+            head_sum += head_loss(head_logits, batch.pause.to(device), batch.head_mask.to(device)).item() * n
+            frames += n
             word = (target != IGNORE) & (target != PAD) & (target != EPAD)
             hits += (text_logits.argmax(-1)[word] == target[word]).sum().item()
             words += word.sum().item()
