@@ -151,7 +151,9 @@ class ServerStream:
 
 
 class _NoFreeChannel(Exception):
-    """The server's slots are all taken (a closed connection frees its slot a little later)."""
+    """The server's slots are all taken (a closed connection frees its slot a little later).
+    moshi-server 0.6.4 answers Error "no free channels", or, when it drops the socket first, just
+    closes it: a connection closed before its first Step is taken for the same."""
 
 
 async def _stream(url: str, pcm: np.ndarray, max_tail_frames: int, api_key: str) -> ServerStream:
@@ -178,6 +180,8 @@ async def _stream(url: str, pcm: np.ndarray, max_tail_frames: int, api_key: str)
                     raise _NoFreeChannel()
                 elif kind == "Error":
                     raise ServeError(f"{url}: the server answered Error: {msg.get('message')}")
+            if not prs:
+                raise _NoFreeChannel()
             raise ServeError(f"{url}: the server closed the connection before returning the marker")
 
         async def send() -> None:
@@ -200,7 +204,12 @@ async def _stream(url: str, pcm: np.ndarray, max_tail_frames: int, api_key: str)
         if not receiver.done():
             receiver.cancel()
             raise ServeError(f"{url}: no Marker back after {max_tail_frames} frames of silence")
-        receiver.result()  # raises what the server answered
+        try:
+            receiver.result()  # raises what the server answered
+        except (websockets.ConnectionClosed, OSError):
+            if prs:
+                raise
+            raise _NoFreeChannel() from None
     return ServerStream(np.asarray(prs, dtype=np.float32).reshape(len(prs), -1), words)
 
 
@@ -209,7 +218,8 @@ def stream_clip(url: str, pcm: np.ndarray, max_tail_frames: int = 400, api_key: 
     """Streams `pcm` (float32 mono 24 kHz, a whole number of 1920-sample frames) through the
     server at `url` on a new connection; returns its Step probabilities and words. The server
     processes the clip and then some frames of silence (until the marker returns). While all
-    slots are taken ("no free channels") it retries for `wait_for_slot_s`."""
+    slots are taken ("no free channels", or the connection closed before its first step) it
+    retries for `wait_for_slot_s`."""
     pcm = np.asarray(pcm, dtype=np.float32)
     if pcm.ndim != 1 or len(pcm) % FRAME_SAMPLES:
         raise ServeError(f"pcm must be 1-D with a multiple of {FRAME_SAMPLES} samples, got shape {pcm.shape}")
@@ -219,8 +229,9 @@ def stream_clip(url: str, pcm: np.ndarray, max_tail_frames: int = 400, api_key: 
             return asyncio.run(_stream(url, pcm, max_tail_frames, api_key))
         except _NoFreeChannel:
             if time.monotonic() > deadline:
-                raise ServeError(f"{url}: no free channel for {wait_for_slot_s:.0f} s (every slot is in use; "
-                                 "raise serve.batch_size)") from None
+                raise ServeError(f"{url}: no free channel for {wait_for_slot_s:.0f} s: each connection was refused or "
+                                 "closed before its first step (every slot in use: raise serve.batch_size; or "
+                                 "the server is failing: see its log)") from None
             time.sleep(0.1)
 
 

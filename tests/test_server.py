@@ -211,3 +211,54 @@ def test_eval_reads_the_real_server(served_export, dataset, tmp_path):
     for key in traces["server"].files:
         if key.endswith("_pause"):
             np.testing.assert_allclose(traces["server"][key], traces["server-semantics"][key], atol=1e-4)
+
+
+def _fake_server(refusals: int, drop: bool):
+    """A stand-in for moshi-server's protocol on 127.0.0.1: the first `refusals` connections are
+    refused (closed at once if `drop`, else answered Error "no free channels", as moshi-server
+    0.6.4 does either way); later ones get one Step per Audio frame and the Marker back."""
+    import asyncio
+
+    import msgpack
+    import websockets
+
+    seen, ready, loop_box = [], threading.Event(), {}
+
+    async def handler(ws):
+        seen.append(len(seen))
+        if len(seen) <= refusals:
+            if not drop:
+                await ws.send(msgpack.packb({"type": "Error", "message": "no free channels"}))
+            await ws.close()
+            return
+        async for raw in ws:
+            msg = msgpack.unpackb(raw)
+            if msg["type"] == "Audio":
+                await ws.send(msgpack.packb({"type": "Step", "prs": [0.25, 0.5, 0.75, 1.0], "step_idx": 0}))
+            elif msg["type"] == "Marker":
+                await ws.send(msgpack.packb({"type": "Marker", "id": msg["id"]}))
+
+    async def main():
+        async with websockets.serve(handler, "127.0.0.1", 0) as server:
+            loop_box["port"] = server.sockets[0].getsockname()[1]
+            loop_box["stop"] = asyncio.get_running_loop().create_future()
+            ready.set()
+            await loop_box["stop"]
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    ready.wait(10)
+    return f"ws://127.0.0.1:{loop_box['port']}/api/asr-streaming", seen
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["error-message", "dropped"])
+def test_a_refused_connection_is_retried_until_a_slot_frees(drop):
+    url, seen = _fake_server(refusals=2, drop=drop)
+    served = stream_clip(url, np.zeros(3 * 1920, dtype=np.float32), max_tail_frames=2)
+    assert len(seen) == 3 and len(served.pause) >= 3 and served.pause[0].tolist() == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_a_server_that_refuses_every_connection_is_named():
+    url, _ = _fake_server(refusals=10**6, drop=True)
+    with pytest.raises(ServeError, match="no free channel for 1 s"):
+        stream_clip(url, np.zeros(1920, dtype=np.float32), wait_for_slot_s=1.0)
