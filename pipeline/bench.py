@@ -361,7 +361,8 @@ def run_benchmarks(cfg, chosen: Sequence[str], one_b: Callable[[], object], expl
 
             work = cfg.artifacts_dir / "bench" / "serve-work"
             streams = [int(n) for n in cfg.serve.bench_streams.split(",")]
-            run_serve_benchmarks(export(one_b(), work / "export-1b", device="cuda"), work, streams, emit)
+            run_serve_benchmarks(export(one_b(), work / "export-1b", device="cuda"), work, streams, emit,
+                                 processes=cfg.serve.bench_processes)
         elif explicit:
             raise BenchUnavailable("the serve benchmark counts real-time streams per GPU and needs a CUDA GPU and "
                                    "moshi-server built with --features cuda (scripts/build_cuda.sh server, then "

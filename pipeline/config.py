@@ -216,6 +216,9 @@ class ServeConfig:
     bench_streams: str = doc("Concurrent real-time streams `invoke bench --what serve` tries, comma-separated; "
                              "each runs with as many server slots (and the PyTorch peer at that batch).",
                              "64,256,512,1024")
+    bench_processes: int = doc("moshi-server processes sharing the one GPU in `invoke bench --what serve`: each "
+                               "N of bench_streams is served by this many servers of N / bench_processes slots "
+                               "(the GPU time-sliced between them; no MPS daemon is started).", 1)
 
 
 @dataclass
@@ -412,6 +415,9 @@ def _validate(cfg: Config, where: str) -> None:
     except ValueError:
         raise ConfigError(f"{where}: serve.bench_streams must be positive whole numbers separated by commas, "
                           f"got {cfg.serve.bench_streams!r}") from None
+    if cfg.serve.bench_processes < 1 or any(int(n) % cfg.serve.bench_processes for n in cfg.serve.bench_streams.split(",")):
+        raise ConfigError(f"{where}: serve.bench_processes must be a positive divisor of every serve.bench_streams "
+                          f"count, got {cfg.serve.bench_processes} for {cfg.serve.bench_streams!r}")
     if cfg.verify.device not in ("cuda", "cpu"):
         raise ConfigError(f"{where}: verify.device must be 'cpu' or 'cuda', got {cfg.verify.device!r}")
     if cfg.serve.device not in ("cuda", "cpu"):

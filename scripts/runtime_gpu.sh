@@ -8,10 +8,11 @@
 #                                            on the default espeak dataset, export, verify --device cuda;
 #                                            `cpu`: verify on the box's CPU instead, as CI does, then the
 #                                            untrained 1b export for comparison (issue #5's bf16 gate)
-#   scripts/runtime_gpu.sh serve [N,N,...] [server|peer]
+#   scripts/runtime_gpu.sh serve [N,N,...] [both|server|peer] [PROCESSES]
 #                                            `invoke bench --what serve` on a 1b-shape export (random
 #                                            weights): moshi-server CUDA and the PyTorch peer in one run,
-#                                            then the streams-per-GPU row; `server` or `peer`: that side only
+#                                            then the streams-per-GPU row; `server` or `peer`: that side only;
+#                                            PROCESSES: moshi-server processes sharing the GPU (default 1)
 #   scripts/runtime_gpu.sh split [N,N,...]   the server's batched step in-process (Kyutai's crate on
 #                                            Candle CUDA), whole and its Mimi encode alone (default N 1024)
 # carry: .whl (the wheels of scripts/organism_gpu.sh plus websockets and msgpack, and .whl/extra:
@@ -66,24 +67,26 @@ for r in m[::50]+m[-1:]: print(r['step'], round(r['text_loss'],3), round(r['head
   serve)
     export_1b
     [ "$3" = peer ] || server_binary || exit 1
-    if [ -z "$3" ]; then
-      python3 -m invoke bench --what serve --set serve.bench_streams="${2:-64,256,512,1024}" 2>&1 | tee $OUT/serve.log \
-        | grep "^{"
+    if [ -z "$3" ] || [ "$3" = both ]; then
+      python3 -m invoke bench --what serve --set serve.bench_streams="${2:-64,256,512,1024}" \
+        --set serve.bench_processes="${4:-1}" 2>&1 | tee $OUT/serve.log | grep "^{"
       work=artifacts/bench/serve-work
     else
       python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
       python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-64,256,512,1024}" | tr , " ") \
-        --only "$3" 2>&1 | tee $OUT/serve.jsonl
+        --only "$3" --processes "${4:-1}" 2>&1 | tee -a $OUT/serve.jsonl
       work=/tmp/serve-work
     fi
-    for f in $work/server-*/server.log; do [ -f "$f" ] && tail -c 200000 "$f" >$OUT/$(basename "$(dirname "$f")").log; done
+    for f in $work/server-*/server.log $work/server-*/p*/server.log; do  # a tail of each server's log
+      [ -f "$f" ] && tail -c 100000 "$f" >$OUT/$(echo "${f#$work/}" | tr / - | sed 's/-server.log$//').log
+    done
     ;;
   split)
     export_1b
     python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
     python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-1024}" | tr , " ") --only split \
       2>&1 | tee $OUT/split.jsonl ;;
-  *) echo "usage: scripts/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] [cpu] | serve [N,N,...] [server|peer]" \
+  *) echo "usage: scripts/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] [cpu] | serve [N,N,...] [both|server|peer] [PROCESSES]" \
        "| split [N,N,...]" >&2; exit 2 ;;
 esac
 date -u

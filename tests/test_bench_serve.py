@@ -53,7 +53,8 @@ def test_summary_times_exactly_the_chosen_stream_steps():
 def test_streams_per_gpu_is_the_largest_real_time_count_of_each(monkeypatch, tmp_path):
     verdict = {("server", 64): True, ("server", 256): True, ("server", 512): False,
                ("peer", 64): True, ("peer", 256): False, ("peer", 512): False}
-    monkeypatch.setattr(bs, "bench_server", lambda export, work, n: {"streams": n, "realtime": verdict["server", n]})
+    monkeypatch.setattr(bs, "bench_server", lambda export, work, n, processes: {"streams": n,
+                                                                                "realtime": verdict["server", n]})
     monkeypatch.setattr(bs, "bench_peer", lambda export, n: {"streams": n, "realtime": verdict["peer", n]})
     rows = []
     summary = bs.run_serve_benchmarks(tmp_path, tmp_path, [64, 256, 512], rows.append)
@@ -73,3 +74,30 @@ def test_load_generator_against_the_real_server_on_cpu(tmp_path):
     assert row["lag_ms_p50"] > 0 and row["stream_s"] == 3.04 and row["streams"] == 2  # 38 whole frames
     with pytest.raises(bs.ServeError, match="no steps 5..30 to time"):
         bs.bench_server(folder, tmp_path / "work2", 2, seconds=1.0, cpu=True, timed=(5, 30))
+
+
+def test_gpu_busy_is_read_inside_the_timed_window_only():
+    samples = [(9.9, 5.0), (10.0, 40.0), (10.5, 90.0), (11.0, 60.0), (11.1, 1.0)]
+    assert bs.busy_in_window(samples, (10.0, 11.0)) == {"gpu_busy_pct_p50": 60.0, "gpu_busy_pct_min": 40.0,
+                                                        "gpu_busy_samples": 3}
+    assert bs.busy_in_window(samples, (20.0, 21.0))["gpu_busy_pct_p50"] is None
+    assert bs.busy_in_window([], (0.0, 1.0))["gpu_busy_samples"] == 0
+
+
+def test_streams_must_split_evenly_over_server_processes(tmp_path):
+    with pytest.raises(bs.ServeError, match="3 streams do not split evenly over 2 server processes"):
+        bs.bench_server(tmp_path, tmp_path / "work", 3, seconds=3.0, cpu=True, timed=(5, 30), processes=2)
+
+
+def test_two_server_processes_share_the_streams(tmp_path):
+    """Two streams over two moshi-server processes of one slot each: a stream sent to a full server
+    would be refused ('no free channels'), so every stream completing without an error shows the
+    load generator split them."""
+    ckpt = make_checkpoint("server", tmp_path / "server", seed=0)
+    folder = export(ckpt, tmp_path / "export", device="cpu")
+    row = bs.bench_server(folder, tmp_path / "work", 2, seconds=3.0, cpu=True, timed=(5, 30), processes=2)
+    assert row["processes"] == 2 and row["streams_complete"] == 2 and row["errors"] == []
+    for k in range(2):  # each server stepped, never with more than its one stream's frame
+        steps = bs.server_steps((tmp_path / "work" / f"p{k}" / "server.log").read_text())
+        assert steps and max(s.with_data for s in steps) == 1
+    assert row["steps_timed"] >= 10
