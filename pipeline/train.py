@@ -123,17 +123,73 @@ def epoch_batches(samples: Sequence[Sample], window: int, batch_size: int, seed:
 
 
 def batch_stream(samples, window, batch_size, seed, rank=0, world=1, skip=0) -> Iterator[list]:
-    epoch = 0
+    """The training batches, epoch after epoch, each of exactly `batch_size` windows: an epoch's
+    windows that do not fill a last batch open the next epoch's first, so every step has the same
+    shape (torch.compile does not recompile) and no window is dropped. A dataset with fewer windows
+    than one batch gives one batch per epoch, of all of them. A pure function of its arguments:
+    a resumed run (`skip` batches) sees what an uninterrupted one would."""
+    epoch, carry = 0, []
     while True:
-        batches = epoch_batches(samples, window, batch_size, seed, epoch, rank, world)
-        if not batches:
+        windows = [w for batch in epoch_batches(samples, window, batch_size, seed, epoch, rank, world) for w in batch]
+        if not windows:
             raise TrainingError("no training windows: the dataset is empty")
+        if len(windows) < batch_size and not carry:
+            batches = [windows]
+        else:
+            windows = carry + windows
+            whole = len(windows) - len(windows) % batch_size
+            batches, carry = [windows[i:i + batch_size] for i in range(0, whole, batch_size)], windows[whole:]
         for batch in batches:
             if skip:
                 skip -= 1
                 continue
             yield batch
         epoch += 1
+
+
+def prefetched(batches: Iterator[Batch], pin: bool, depth: int = 2) -> Iterator[Batch]:
+    """`batches` built `depth` ahead in a background thread (off the step's critical path), in
+    pinned memory when `pin` so the copy to the GPU does not block. An error in the thread is
+    raised here, at the batch it stopped."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                return ready.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                put(dataclasses.replace(batch, **{f.name: getattr(batch, f.name).pin_memory()
+                                                 for f in dataclasses.fields(batch)
+                                                 if isinstance(getattr(batch, f.name), torch.Tensor)})
+                    if pin else batch)
+            put(StopIteration())
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(e)
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if isinstance(item, StopIteration):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def make_batch(segments_per_window: list[list[Segment]], samples: Sequence[Sample], window: int,
@@ -384,18 +440,21 @@ def train_step(trainer: Trainer, batch: Batch, lr: float) -> dict[str, torch.Ten
     """Forward, loss, backward, clip and optimizer step on one batch. Returns the figures as
     tensors on the device (reading them synchronizes; the caller decides when)."""
     tc, device = trainer.tc, trainer.device
-    inputs = batch.inputs.to(device)
+    batch = dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True)
+                                          for f in dataclasses.fields(batch)
+                                          if isinstance(getattr(batch, f.name), torch.Tensor)})
+    inputs = batch.inputs
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.autocast):
         base_pause = None
         if tc.head_loss == "distill":
             with torch.no_grad(), lora_disabled(trainer.lm):
                 base_pause = pause_log_probs(forward_stt(trainer.lm, inputs)[1])[0].exp()
         text_logits, head_logits = trainer.model(inputs)
-    loss_text = trainer.text_loss(text_logits, batch.text.to(device), tc.text_padding_weight)
+    loss_text = trainer.text_loss(text_logits, batch.text, tc.text_padding_weight)
     if tc.head_loss == "supervised":
-        loss_head = trainer.head_loss(head_logits, batch.pause.to(device), batch.head_mask.to(device))
+        loss_head = trainer.head_loss(head_logits, batch.pause, batch.head_mask)
     elif tc.head_loss == "distill":
-        keep = (batch.head_mask * (1 - batch.number_mask)).to(device)
+        keep = batch.head_mask * (1 - batch.number_mask)
         loss_head = trainer.head_loss(head_logits, base_pause, keep)
     else:
         loss_head = torch.zeros((), device=device)
@@ -451,6 +510,42 @@ def _device(tc, world: int) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if tc.device == "auto" else tc.device
 
 
+FIGURES = ("loss", "text_loss", "head_loss", "grad_norm")  # train_step's figures, in metrics.jsonl
+FLUSH_EVERY = 10  # steps between host syncs: figures are read back, and the loss checked, this often
+
+
+class StepClock:
+    """Each step's time without a host sync per step: on CUDA an event is recorded after each
+    step and read when the steps are flushed (the time between consecutive steps' ends on the
+    GPU's timeline, idle gaps included); on CPU, the host clock."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.restart()
+
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def restart(self) -> None:
+        self.last = self._mark()
+
+    def lap(self) -> tuple:
+        now = self._mark()
+        lap, self.last = (self.last, now), now
+        return lap
+
+    def seconds(self, lap: tuple) -> float:
+        begin, end = lap
+        if not self.cuda:
+            return end - begin
+        end.synchronize()
+        return begin.elapsed_time(end) / 1000
+
+
 def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: list[Sample] | None = None) -> Path:
     """Fine-tune `ckpt` with LoRA (adapter in `final/`), or train all its weights with
     `train.method = full` (a complete checkpoint in `final/`); return the run folder."""
@@ -503,39 +598,57 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
     base_config = dict(ckpt.config)
     encode = ckpt.tokenizer.encode
     stream = batch_stream(samples, window, tc.batch_size, tc.seed, rank, world, skip=start)
+    batches = prefetched((make_batch(segments, samples, window, encode, lm.text_card, lm.card, ckpt.text_delay)
+                          for segments in stream), pin=device.startswith("cuda"))
     metrics = open(run / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=rank != 0)
-    step = start
+    clock, pending, step = StepClock(device), [], start
+
+    def drain() -> list[dict]:
+        """The pending steps' figures, read back in one host sync (every FLUSH_EVERY steps at
+        most); stops on a non-finite loss before anything is scored or saved."""
+        figures = torch.stack([torch.stack([o[k].float() for k in FIGURES]) for *_, o in pending]).tolist()
+        records = []
+        for (at, batch, lr, lap, _), values in zip(pending, figures):
+            record = dict(zip(FIGURES, values))
+            if not math.isfinite(record["loss"]):
+                keep = _latest_checkpoint(run)
+                raise TrainingError(f"loss is {record['loss']} at step {at}; stopped. Last good checkpoint: "
+                                    f"{keep or 'none'}. Lower train.lr or check the data")
+            seconds = clock.seconds(lap)
+            records.append({"step": at, **record, "lr": lr, "step_s": round(seconds, 4),
+                            "frames_per_s": round(batch.real_frames * world / seconds, 1),
+                            "padding_pct": round(100 * (1 - batch.real_frames / (batch.inputs.shape[0] * window)), 2),
+                            **_memory()})
+        pending.clear()
+        bar.set_postfix(loss=f"{records[-1]['loss']:.3f}")
+        return records
+
     try:
         while step < tc.steps:
-            tick = time.perf_counter()
-            batch = make_batch(next(stream), samples, window, encode, lm.text_card, lm.card, ckpt.text_delay)
+            batch = next(batches)
             out = train_step(trainer, batch, lr_at(step, tc))
-            loss = out["loss"].item()
-            if not math.isfinite(loss):
-                keep = _latest_checkpoint(run)
-                raise TrainingError(f"loss is {loss} at step {step}; stopped. Last good checkpoint: "
-                                    f"{keep or 'none'}. Lower train.lr or check the data")
             step += 1
-            elapsed = time.perf_counter() - tick
-            total_frames = batch.inputs.shape[0] * window
-            validating = held_out and (step % tc.val_every == 0 or step == tc.steps)
-            if metrics and (step % tc.log_every == 0 or validating):
-                record = {"step": step, "loss": loss, "text_loss": out["text_loss"].item(),
-                          "head_loss": out["head_loss"].item(), "lr": lr_at(step - 1, tc),
-                          "grad_norm": out["grad_norm"].item(),
-                          "frames_per_s": round(batch.real_frames * world / elapsed, 1),
-                          "padding_pct": round(100 * (1 - batch.real_frames / total_frames), 2), **_memory()}
-                if validating:
-                    record.update(validate(trainer, held_out, window, encode, ckpt.text_delay))
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
+            pending.append((step, batch, lr_at(step - 1, tc), clock.lap(), out))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            if rank == 0 and (step % tc.save_every == 0 or step == tc.steps):
+            validating = bool(held_out) and (step % tc.val_every == 0 or step == tc.steps)
+            saving = rank == 0 and (step % tc.save_every == 0 or step == tc.steps)
+            if len(pending) >= FLUSH_EVERY or validating or saving or step == tc.steps:
+                records = drain()
+                if validating:
+                    records[-1].update(validate(trainer, held_out, window, encode, ckpt.text_delay))
+                if metrics:
+                    for record in records:
+                        if record["step"] % tc.log_every == 0 or "val_text_loss" in record:
+                            metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+            if saving:
                 _save(run, step, lm, trainer.optimizer, base_config, tc, full)
+            if validating or saving:
+                clock.restart()  # the next step's time leaves out the pause for scoring and saving
     finally:
         bar.close()
+        batches.close()
         if metrics:
             metrics.close()
         if world > 1:

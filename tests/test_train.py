@@ -70,6 +70,50 @@ def test_epoch_batches_are_deterministic_and_sharded(samples):
     assert sorted(map(str, flat(r0) + flat(r1))) == sorted(map(str, flat(a)))
 
 
+def test_batches_keep_one_shape_and_drop_no_window(samples):
+    """Every batch holds exactly batch_size windows (one compiled shape), and the windows of an
+    epoch that do not fill its last batch open the next epoch's first: the stream is the epochs'
+    windows in order, none left out."""
+    epoch = lambda e: [w for b in tr.epoch_batches(samples, 160, 4, seed=5, epoch=e) for w in b]  # noqa: E731
+    per_epoch = len(epoch(0))
+    assert per_epoch % 4 and per_epoch > 4  # else this test shows nothing
+    stream = tr.batch_stream(samples, 160, 4, seed=5)
+    batches = [next(stream) for _ in range(2 * per_epoch)]  # several epochs' worth
+    assert all(len(b) == 4 for b in batches)
+    flat = [w for b in batches for w in b]
+    assert flat == [w for e in range(10) for w in epoch(e)][:len(flat)]
+    resumed = tr.batch_stream(samples, 160, 4, seed=5, skip=5)
+    assert [next(resumed) for _ in range(4)] == batches[5:9]
+
+
+def test_a_dataset_smaller_than_a_batch_gives_one_batch_per_epoch(samples):
+    stream = tr.batch_stream(samples[:2], 640, 8, seed=1)
+    first, second = next(stream), next(stream)
+    assert first == [w for b in tr.epoch_batches(samples[:2], 640, 8, seed=1, epoch=0) for w in b]
+    assert second == [w for b in tr.epoch_batches(samples[:2], 640, 8, seed=1, epoch=1) for w in b]
+
+
+def test_prefetched_batches_come_in_order_and_errors_surface():
+    def made(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise tr.TrainingError(f"bad batch {i}")
+            yield tr.Batch(torch.full((1, 2, 3), i), torch.zeros(1, 3), torch.zeros(1, 3, 4), torch.ones(1, 3),
+                           torch.zeros(1, 3), 3)
+
+    assert [int(b.inputs[0, 0, 0]) for b in tr.prefetched(made(6), pin=False)] == list(range(6))
+    got = []
+    with pytest.raises(tr.TrainingError, match="bad batch 3"):
+        for b in tr.prefetched(made(6, fail_at=3), pin=False):
+            got.append(int(b.inputs[0, 0, 0]))
+    assert got == [0, 1, 2]
+    early = tr.prefetched(made(1000), pin=False)
+    next(early)
+    early.close()  # a loop that stops early stops the thread too
+    import threading
+    assert not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
 def test_batch_targets_line_up_with_the_audio(samples, tiny_ckpt):
     tok = Checkpoint.open(tiny_ckpt).tokenizer
     n0, n1 = samples[0].frames, samples[1].frames
@@ -97,7 +141,7 @@ def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
     first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
     assert last < 0.6 * first, (first, last)
     assert rows[-1]["head_loss"] < rows[0]["head_loss"]
-    assert all(0 <= r["padding_pct"] < 100 and r["frames_per_s"] > 0 for r in rows)
+    assert all(0 <= r["padding_pct"] < 100 and r["frames_per_s"] > 0 and r["step_s"] > 0 for r in rows)
     assert (run / "final" / "lora.safetensors").is_file() and (run / "config.yaml").is_file()
 
 
@@ -239,7 +283,7 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, tiny_ckpt, 
         return loss * float("nan") if calls["n"] == 5 else loss
 
     monkeypatch.setattr(tr, "text_loss", nan_at_step_5)
-    with pytest.raises(tr.TrainingError, match=r"loss is nan at step 4.*step_000004"):
+    with pytest.raises(tr.TrainingError, match=r"loss is nan at step 5.*step_000004"):
         tr.train(config(tmp_path, save_every=2), tiny_ckpt, samples=samples)
 
 
