@@ -173,6 +173,9 @@ class TrainConfig:
                         "about a minute of compilation first; ignored on CPU).", True)
     compile_mode: str = doc("torch.compile mode: 'default', or 'reduce-overhead' (CUDA graphs: fewer kernel "
                             "launches from the CPU; fixed batch shapes).", "default")
+    prefetch: bool = doc("Build each batch in a background thread while the GPU runs the step before (true), or "
+                         "in the training loop itself (false); either way the loop syncs with the GPU only "
+                         "every 10 steps, so the CPU runs ahead.", True)
     device: str = doc("'auto' (cuda if available), 'cpu' or 'cuda'.", "auto")
     log_every: int = doc("Write a metrics.jsonl line every N steps.", 1)
     save_every: int = doc("Save a resumable checkpoint every N steps (and at the end).", 50)

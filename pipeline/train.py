@@ -598,8 +598,8 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
     base_config = dict(ckpt.config)
     encode = ckpt.tokenizer.encode
     stream = batch_stream(samples, window, tc.batch_size, tc.seed, rank, world, skip=start)
-    batches = prefetched((make_batch(segments, samples, window, encode, lm.text_card, lm.card, ckpt.text_delay)
-                          for segments in stream), pin=device.startswith("cuda"))
+    made = (make_batch(segments, samples, window, encode, lm.text_card, lm.card, ckpt.text_delay) for segments in stream)
+    batches = prefetched(made, pin=device.startswith("cuda")) if tc.prefetch else made
     metrics = open(run / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=rank != 0)
     clock, pending, step = StepClock(device), [], start

@@ -2,11 +2,13 @@
 # Issue #17: the training-step benchmark on the GPU box, peers eager and compiled against ours,
 # with a torch.profiler table per row (CUDA time per op) to see where each step spends its time.
 #   scripts/bench_train_gpu.sh        carry .whl (moshi, invoke and the others of scripts/organism_gpu.sh)
-#   scripts/bench_train_gpu.sh loop [STEPS]
+#   scripts/bench_train_gpu.sh loop [STEPS] ["true false"]
 #                                     `invoke train --model 1b` (rank 128, batch 8 x 30 s, compiled) on the
 #                                     default espeak dataset for STEPS (80), then the step benchmark of the same
 #                                     configuration and the compiled peer in a fresh process, then the loop's
-#                                     median step over steps 11+ against the benchmark's step (issue #17)
+#                                     median step over steps 11+ against the benchmark's step (issue #17);
+#                                     the third argument: the train.prefetch values to run the loop with;
+#                                     BENCH_STEP=FILE reuses that step benchmark (an earlier call's bench-step.jsonl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1
@@ -16,19 +18,23 @@ if [ "$1" = loop ]; then
   export TQDM_MININTERVAL=30
   python3 -m invoke checkpoint --preset 1b 2>&1 | tail -1
   time python3 -m invoke data --set data.piper_fraction=0 2>&1 | tr "\r" "\n" | tail -1
-  time python3 -m invoke train --model 1b --set train.lora_rank=128 --set train.steps="${2:-80}" \
-    --set train.warmup_steps=5 --set train.out=runs/1b-loop 2>&1 | tr "\r" "\n" | tail -2
-  cp artifacts/runs/1b-loop/metrics.jsonl "$OUT/loop-metrics.jsonl"
-  time python3 -m pipeline.bench compiled 2>&1 | grep "^{" | tee "$OUT/bench-step.jsonl"
-  python3 - "$OUT" <<'PY' | tee "$OUT/loop-vs-step.json"
+  for prefetch in ${3:-true}; do  # e.g. "true false": the loop with and without the batch thread
+    time python3 -m invoke train --model 1b --set train.lora_rank=128 --set train.steps="${2:-80}" \
+      --set train.warmup_steps=5 --set train.out=runs/1b-loop-$prefetch --set train.prefetch=$prefetch 2>&1 \
+      | tr "\r" "\n" | tail -2
+    cp artifacts/runs/1b-loop-$prefetch/metrics.jsonl "$OUT/loop-metrics-prefetch-$prefetch.jsonl"
+  done
+  [ -n "$BENCH_STEP" ] && cp "$BENCH_STEP" "$OUT/bench-step.jsonl"
+  [ -f "$OUT/bench-step.jsonl" ] || time python3 -m pipeline.bench compiled 2>&1 | grep "^{" | tee "$OUT/bench-step.jsonl"
+  for f in "$OUT"/loop-metrics-*.jsonl; do python3 - "$OUT" "$f" <<'PY' | tee -a "$OUT/loop-vs-step.jsonl"; done
 import json, statistics, sys
 out = sys.argv[1]
-loop = [json.loads(l) for l in open(f"{out}/loop-metrics.jsonl")]
+loop = [json.loads(l) for l in open(sys.argv[2])]
 steady = [r for r in loop if r["step"] > 10]
 rows = {r["what"]: r for r in map(json.loads, open(f"{out}/bench-step.jsonl"))}
 ours = rows["train_ours_compiled"]
 step_s = statistics.median(r["step_s"] for r in steady)
-print(json.dumps({"what": "train_loop_vs_step", "steps": [steady[0]["step"], steady[-1]["step"]],
+print(json.dumps({"what": "train_loop_vs_step", "metrics": sys.argv[2].rsplit("/", 1)[-1], "steps": [steady[0]["step"], steady[-1]["step"]],
                   "loop_step_s_p50": step_s, "loop_step_s_max": max(r["step_s"] for r in steady),
                   "loop_frames_per_s_p50": statistics.median(r["frames_per_s"] for r in steady),
                   "loop_padding_pct_max": max(r["padding_pct"] for r in steady),
