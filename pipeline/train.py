@@ -546,6 +546,32 @@ class StepClock:
         return begin.elapsed_time(end) / 1000
 
 
+def start_profiler(device: str):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    profiler = profile(activities=activities)
+    profiler.__enter__()
+    return profiler
+
+
+def write_profile(profiler, path: Path, device: str, steps: tuple[int, int]) -> None:
+    """The profiled steps' op table twice: by device time (what the GPU ran) and by host time
+    (what the Python loop and kernel launches cost), top 40 each."""
+    from .io import atomic_file
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    profiler.__exit__(None, None, None)
+    table = profiler.key_averages()
+    text = f"train.profile: steps {steps[0]}-{steps[1]} of the loop\n\n"
+    if device.startswith("cuda"):
+        text += "by device time\n" + table.table(sort_by="cuda_time_total", row_limit=40) + "\n\n"
+    text += "by host time\n" + table.table(sort_by="cpu_time_total", row_limit=40) + "\n"
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(text)
+
+
 def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: list[Sample] | None = None) -> Path:
     """Fine-tune `ckpt` with LoRA (adapter in `final/`), or train all its weights with
     `train.method = full` (a complete checkpoint in `final/`); return the run folder."""
@@ -624,8 +650,12 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
         bar.set_postfix(loss=f"{records[-1]['loss']:.3f}")
         return records
 
+    profiled = range(max(start, min(20, tc.steps - 3)), max(start, min(20, tc.steps - 3)) + 3) if tc.profile else range(0)
+    profiler = None
     try:
         while step < tc.steps:
+            if step == profiled.start and rank == 0:
+                profiler = start_profiler(device)
             batch = next(batches)
             out = train_step(trainer, batch, lr_at(step, tc))
             step += 1
@@ -646,7 +676,12 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
                 _save(run, step, lm, trainer.optimizer, base_config, tc, full)
             if validating or saving:
                 clock.restart()  # the next step's time leaves out the pause for scoring and saving
+            if profiler is not None and step == profiled.stop:
+                write_profile(profiler, run / "profile.txt", device, steps=(profiled.start + 1, profiled.stop))
+                profiler = None
     finally:
+        if profiler is not None:  # stopped early: what was profiled so far
+            write_profile(profiler, run / "profile.txt", device, steps=(profiled.start + 1, step))
         bar.close()
         batches.close()
         if metrics:

@@ -8,7 +8,8 @@
 #                                     configuration and the compiled peer in a fresh process, then the loop's
 #                                     median step over steps 11+ against the benchmark's step (issue #17);
 #                                     the third argument: the train.prefetch values to run the loop with;
-#                                     BENCH_STEP=FILE reuses that step benchmark (an earlier call's bench-step.jsonl)
+#                                     BENCH_STEP=FILE reuses that step benchmark (an earlier call's bench-step.jsonl);
+#                                     PROFILE=true adds the loop's op table of steps 21-23 (train.profile)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1
@@ -20,9 +21,10 @@ if [ "$1" = loop ]; then
   time python3 -m invoke data --set data.piper_fraction=0 2>&1 | tr "\r" "\n" | tail -1
   for prefetch in ${3:-true}; do  # e.g. "true false": the loop with and without the batch thread
     time python3 -m invoke train --model 1b --set train.lora_rank=128 --set train.steps="${2:-80}" \
-      --set train.warmup_steps=5 --set train.out=runs/1b-loop-$prefetch --set train.prefetch=$prefetch 2>&1 \
-      | tr "\r" "\n" | tail -2
+      --set train.warmup_steps=5 --set train.out=runs/1b-loop-$prefetch --set train.prefetch=$prefetch \
+      --set train.profile="${PROFILE:-false}" 2>&1 | tr "\r" "\n" | tail -2
     cp artifacts/runs/1b-loop-$prefetch/metrics.jsonl "$OUT/loop-metrics-prefetch-$prefetch.jsonl"
+    cp artifacts/runs/1b-loop-$prefetch/profile.txt "$OUT/loop-profile-prefetch-$prefetch.txt" 2>/dev/null
   done
   [ -n "$BENCH_STEP" ] && cp "$BENCH_STEP" "$OUT/bench-step.jsonl"
   [ -f "$OUT/bench-step.jsonl" ] || time python3 -m pipeline.bench compiled 2>&1 | grep "^{" | tee "$OUT/bench-step.jsonl"

@@ -145,6 +145,14 @@ def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
     assert (run / "final" / "lora.safetensors").is_file() and (run / "config.yaml").is_file()
 
 
+def test_profile_writes_the_op_table_of_three_steps(tmp_path, tiny_ckpt, samples):
+    run = tr.train(config(tmp_path, steps=6, profile="true"), tiny_ckpt, samples=samples)
+    text = (run / "profile.txt").read_text()
+    assert text.startswith("train.profile: steps 4-6 of the loop") and "by host time" in text
+    assert "aten::mm" in text or "aten::addmm" in text  # the ops the steps ran
+    assert [r["step"] for r in metrics(run)] == list(range(1, 7))
+
+
 def _write_pack(path, samples, mimi_file):
     from types import SimpleNamespace
 
