@@ -181,9 +181,9 @@ def gpu_busy_sampler(period_ms: int = 250):
     (wall-clock time, %) it fills. Without nvidia-smi the list stays empty."""
     samples: list[tuple[float, float]] = []
     try:
-        proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                 "-i", "0", f"--loop-ms={period_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True)
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0",
+                 f"--loop-ms={period_ms}"]
+        proc = subprocess.Popen(query, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     except OSError:
         yield samples
         return

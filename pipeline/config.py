@@ -421,7 +421,8 @@ def _validate(cfg: Config, where: str) -> None:
     except ValueError:
         raise ConfigError(f"{where}: serve.bench_streams must be positive whole numbers separated by commas, "
                           f"got {cfg.serve.bench_streams!r}") from None
-    if cfg.serve.bench_processes < 1 or any(int(n) % cfg.serve.bench_processes for n in cfg.serve.bench_streams.split(",")):
+    processes = cfg.serve.bench_processes
+    if processes < 1 or any(int(n) % processes for n in cfg.serve.bench_streams.split(",")):
         raise ConfigError(f"{where}: serve.bench_processes must be a positive divisor of every serve.bench_streams "
                           f"count, got {cfg.serve.bench_processes} for {cfg.serve.bench_streams!r}")
     if cfg.verify.device not in ("cuda", "cpu"):

@@ -624,7 +624,8 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
     base_config = dict(ckpt.config)
     encode = ckpt.tokenizer.encode
     stream = batch_stream(samples, window, tc.batch_size, tc.seed, rank, world, skip=start)
-    made = (make_batch(segments, samples, window, encode, lm.text_card, lm.card, ckpt.text_delay) for segments in stream)
+    made = (make_batch(segments, samples, window, encode, lm.text_card, lm.card, ckpt.text_delay)
+            for segments in stream)
     batches = prefetched(made, pin=device.startswith("cuda")) if tc.prefetch else made
     metrics = open(run / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=rank != 0)
@@ -650,7 +651,8 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
         bar.set_postfix(loss=f"{records[-1]['loss']:.3f}")
         return records
 
-    profiled = range(max(start, min(20, tc.steps - 3)), max(start, min(20, tc.steps - 3)) + 3) if tc.profile else range(0)
+    first_profiled = max(start, min(20, tc.steps - 3))  # steps 21-23, or the last three of a shorter run
+    profiled = range(first_profiled, first_profiled + 3) if tc.profile else range(0)
     profiler = None
     try:
         while step < tc.steps:

@@ -50,7 +50,8 @@ def test_yaml_yes_and_no_stay_words_in_text_fields(tmp_path):
         ("", ["verify.device=gpu"], "verify.device must be 'cpu' or 'cuda'"),
         ("", ["serve.bench_streams=64,x"], "serve.bench_streams must be positive whole numbers"),
         ("", ["serve.bench_streams=64,0"], "serve.bench_streams must be positive whole numbers"),
-        ("", ["serve.bench_streams=64,100", "serve.bench_processes=3"], "serve.bench_processes must be a positive divisor"),
+        ("", ["serve.bench_streams=64,100", "serve.bench_processes=3"],
+         "serve.bench_processes must be a positive divisor"),
         ("", ["serve.bench_processes=0"], "serve.bench_processes must be a positive divisor"),
     ],
 )
