@@ -652,11 +652,11 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
         return records
 
     first_profiled = max(start, min(20, tc.steps - 3))  # steps 21-23, or the last three of a shorter run
-    profiled = range(first_profiled, first_profiled + 3) if tc.profile else range(0)
+    profiled = range(first_profiled, first_profiled + 3) if tc.profile and rank == 0 else None
     profiler = None
     try:
         while step < tc.steps:
-            if step == profiled.start and rank == 0:
+            if profiled is not None and step == profiled.start:
                 profiler = start_profiler(device)
             batch = next(batches)
             out = train_step(trainer, batch, lr_at(step, tc))

@@ -143,6 +143,7 @@ def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
     assert rows[-1]["head_loss"] < rows[0]["head_loss"]
     assert all(0 <= r["padding_pct"] < 100 and r["frames_per_s"] > 0 and r["step_s"] > 0 for r in rows)
     assert (run / "final" / "lora.safetensors").is_file() and (run / "config.yaml").is_file()
+    assert not (run / "profile.txt").exists()  # the profiler runs only when asked (it keeps every event)
 
 
 def test_profile_writes_the_op_table_of_three_steps(tmp_path, tiny_ckpt, samples):
