@@ -71,6 +71,11 @@ class Batch:
     number_mask: torch.Tensor  # [B, W] frames inside a spoken number (for distillation)
     real_frames: int  # frames holding audio (not padding)
 
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
+        """This batch with `fn` applied to each of its tensors (to pin them, or move them)."""
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
 
 # --- packing ------------------------------------------------------------------------------------
 
@@ -169,10 +174,7 @@ def prefetched(batches: Iterator[Batch], pin: bool, depth: int = 2) -> Iterator[
             for batch in batches:
                 if stop.is_set():
                     return
-                put(dataclasses.replace(batch, **{f.name: getattr(batch, f.name).pin_memory()
-                                                 for f in dataclasses.fields(batch)
-                                                 if isinstance(getattr(batch, f.name), torch.Tensor)})
-                    if pin else batch)
+                put(batch.map_tensors(torch.Tensor.pin_memory) if pin else batch)
             put(StopIteration())
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
             put(e)
@@ -440,9 +442,7 @@ def train_step(trainer: Trainer, batch: Batch, lr: float) -> dict[str, torch.Ten
     """Forward, loss, backward, clip and optimizer step on one batch. Returns the figures as
     tensors on the device (reading them synchronizes; the caller decides when)."""
     tc, device = trainer.tc, trainer.device
-    batch = dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True)
-                                          for f in dataclasses.fields(batch)
-                                          if isinstance(getattr(batch, f.name), torch.Tensor)})
+    batch = batch.map_tensors(lambda t: t.to(device, non_blocking=True))
     inputs = batch.inputs
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.autocast):
         base_pause = None
@@ -551,7 +551,7 @@ def start_profiler(device: str):
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     profiler = profile(activities=activities)
-    profiler.__enter__()
+    profiler.start()
     return profiler
 
 
@@ -562,7 +562,7 @@ def write_profile(profiler, path: Path, device: str, steps: tuple[int, int]) -> 
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    profiler.__exit__(None, None, None)
+    profiler.stop()
     table = profiler.key_averages()
     text = f"train.profile: steps {steps[0]}-{steps[1]} of the loop\n\n"
     if device.startswith("cuda"):
