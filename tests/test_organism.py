@@ -3,10 +3,10 @@ configs/organism-ci.yaml, then the direction of each effect on the held-out eval
 
 A model this small and this briefly trained transcribes poorly; what must hold: the base writes
 dictated numbers as digits and its pause head fires mid-dictation; after the word-form
-fine-tune, fewer spans come out as digits. Whether fewer dictations are cut off with each
-model's own words is not stable at this scale (see `test_the_base_is_cut_off_mid_dictation`);
-with the reference text forced (eval.text=reference), the fine-tune's heads alone must cut in
-less inside numbers. The full-size figures are in the README.
+fine-tune, fewer spans come out as digits. Whether fewer held-out dictations are cut off is not
+stable at this scale (see `test_the_base_is_cut_off_mid_dictation`); on the training clips, with
+the reference text forced (eval.text=reference), the fine-tune's heads alone must cut in far less
+inside numbers. The full-size figures are in the README.
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ def experiment(tmp_path_factory) -> dict:
     export = artifacts / "organism-ci" / "export"
     verify = _invoke("verify-candle", "--model", str(export), artifacts=artifacts, check=False)
     _invoke("eval", artifacts=artifacts)
-    _invoke("eval", "--set", "eval.text=reference", "--set", "eval.out=organism-ci/eval-forced", artifacts=artifacts)
+    _invoke("eval", "--set", "eval.text=reference", "--set", "eval.split=train", "--set", f"eval.limit={FORCED_CLIPS}",
+            "--set", "eval.out=organism-ci/eval-forced-train", artifacts=artifacts)
     metrics = json.loads((artifacts / "organism-ci" / "eval" / "metrics.json").read_text())
-    forced = json.loads((artifacts / "organism-ci" / "eval-forced" / "metrics.json").read_text())
+    forced = json.loads((artifacts / "organism-ci" / "eval-forced-train" / "metrics.json").read_text())
     return {"artifacts": artifacts, "verify": verify, **metrics, "forced": forced["summary"]}
 
 
@@ -105,19 +106,26 @@ def test_the_base_is_cut_off_mid_dictation(experiment):
         assert isinstance(base[key], int) and isinstance(cand[key], int), key
 
 
-# Measured on this CPU, 2026-12-01: dictations cut 47.5 % -> 42.5 %, cut-offs inside numbers 29 -> 21.
-# The CI organism hears through a random-weight Mimi and trains for two CPU minutes, so its heads
-# learn little; the bars are the direction with some room: the base cut in at least 30 % of
-# dictations, the fine-tune in no more, and at least 10 % fewer cut-offs inside numbers.
-MIN_FORCED_BASE_CUT, MIN_FORCED_EFFECT, MAX_FORCED_RATIO = 0.3, 0.0, 0.9
+# The forced run, on the first FORCED_CLIPS training clips (about 75 dictations). Measured on this
+# CPU, 2026-12-02, data seeds 7 (CI's), 11 and 13 standing in for other machines' arithmetic:
+#   dictations cut 58 % -> 11 %, 53 % -> 19 %, 57 % -> 16 %; cut-offs inside numbers 43 -> 8, 45 -> 14, 50 -> 9.
+# The same forced run on the held-out prompts is noise at this scale (mean P(pause) inside numbers
+# about 0.05 for both models): 29 -> 21, 30 -> 27, 36 -> 34, 26 -> 23 here, 22 -> 29 on CI's machine.
+# Bars, with room under each measured effect: the base cut in at least 40 % of dictations, the
+# fine-tune in at least 20 points fewer, and no more than half the base's cut-offs inside numbers.
+FORCED_CLIPS = 100
+MIN_FORCED_BASE_CUT, MIN_FORCED_EFFECT, MAX_FORCED_RATIO = 0.4, 0.2, 0.5
 
 
 def test_with_every_word_recognized_the_fine_tune_stops_mid_number_cut_offs(experiment):
-    """The fine-tune's effect on the pause heads alone (eval.text=reference: each model reads
-    back its own labels, so recognition errors play no part): the base, trained on digit labels,
-    fires inside many dictations; the word-form fine-tune fires inside numbers less often."""
+    """The fine-tune's effect on the pause heads alone, where the organism recognizes its input:
+    the training clips, each model reading back its own labels (eval.text=reference), so
+    recognition errors play no part. The base, trained on digit labels, sees no text while a
+    number is spoken and its head fires inside many dictations; the word-form fine-tune reads the
+    number word by word and fires there far less."""
     base, cand = (experiment["forced"][m]["vad"]["threshold"] for m in ("base", "candidate"))
     assert experiment["forced"]["candidate"]["exact_share"] == 1.0  # the forcing itself
+    assert base["dictations"] >= 50
     assert base["dictations_cut_share"] >= MIN_FORCED_BASE_CUT
     assert cand["dictations_cut_share"] <= base["dictations_cut_share"] - MIN_FORCED_EFFECT
     assert cand["cutoffs_in_numbers"] <= MAX_FORCED_RATIO * base["cutoffs_in_numbers"]
