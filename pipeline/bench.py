@@ -154,15 +154,16 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
 
 # --- CPU: merge + export against a plain copy, Candle against PyTorch streaming ------------------
 
-def _in_child(code: str) -> tuple[float, int]:
-    """Wall time and peak RSS (MiB) of `code` run in a fresh Python (peak RAM of one job only).
+def _in_child(code: str, setup: str = "") -> tuple[float, int]:
+    """Wall time and peak RSS (MiB) of `code` run in a fresh Python (peak RAM of one job only),
+    `setup` run first, untimed.
     Each job starts with no dirty pages (`os.sync()` first, untimed) and its time includes
     flushing what it wrote (`os.sync()` last): otherwise a job pays for the writeback of the
     one before it, and the copy, run first, looks faster than it is."""
     import subprocess
     import sys
 
-    script = f"import os, resource, time\nos.sync()\nstart = time.perf_counter()\n{code}\nos.sync()\n" \
+    script = f"import os, resource, time\n{setup}\nos.sync()\nstart = time.perf_counter()\n{code}\nos.sync()\n" \
              "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     seconds, peak = done.stdout.split()[-2:]
@@ -172,7 +173,7 @@ def _in_child(code: str) -> tuple[float, int]:
 def bench_export(ckpt, work, rank: int = 32) -> dict:
     """merge (a random rank-`rank` LoRA on every Linear) then export of `ckpt`, and the one-pass
     export that merges on the way (export.source=adapter), against copying the same files with
-    shutil: seconds and peak RAM of each, in separate processes."""
+    shutil and with direct I/O: seconds and peak RAM of each, in separate processes."""
     from .checkpoint import Checkpoint
     from .lora import apply_lora, save_adapter
 
@@ -187,16 +188,25 @@ def bench_export(ckpt, work, rank: int = 32) -> dict:
         save_adapter(adapter, lm, dict(ckpt.config), rank, 2.0, False)
         del lm
     files = [str(p) for p in ckpt.files.values()]
-    # Each job's output of an earlier run is deleted first, so every job writes into the same
-    # state of the disk: on this box's thin-provisioned disk, writing where a file was just
-    # freed or overwritten is several times faster than into fresh blocks (2 GB: 1.7 s against
-    # 13.5 s), and the stages write a new folder before removing the old one.
+    # Each job's output of an earlier run is deleted first, so every job starts from the same
+    # state: on this box, overwriting a file's cached pages was several times faster than
+    # writing a new file (2 GB: 1.7 s against 13.5 s), and the stages write new folders. The cost
+    # is the VM's page-cache memory, not the disk: buffered writes of 2 GB into tmpfs spent
+    # 6-14 s in the kernel too (2026-12-02), which is why the stages write with O_DIRECT.
     import shutil
 
-    for name in ("copy", "merged", "export", "export-1"):
+    for name in ("copy", "copy-direct", "merged", "export", "export-1"):
         shutil.rmtree(work / name, ignore_errors=True)
     copy_s, copy_mib = _in_child(f"import shutil, os\nos.makedirs({str(work / 'copy')!r}, exist_ok=True)\n"
                                  f"for f in {files!r}: shutil.copy(f, {str(work / 'copy')!r})")
+    # The strongest copy on this box: the stages' own O_DIRECT writer, fed plain reads (imported
+    # before the clock starts: a copy does not need torch).
+    direct = work / "copy-direct"
+    copy_direct_s, _ = _in_child(
+        f"for f in {files!r}:\n  w = WeightFile(os.path.join({str(direct)!r}, os.path.basename(f)))\n"
+        f"  with open(f, 'rb') as fh:\n    while block := fh.read(1 << 24):\n      w.write(block)\n"
+        f"  w.finish()\n  w.close()",
+        setup=f"from pipeline.io import WeightFile\nos.makedirs({str(direct)!r}, exist_ok=True)")
     merge_s, merge_mib = _in_child(f"from pipeline.merge import merge\n"
                                    f"merge({str(ckpt)!r}, {str(adapter)!r}, {str(work / 'merged')!r})")
     export_s, export_mib = _in_child(f"from pipeline.export import export\n"
@@ -207,7 +217,8 @@ def bench_export(ckpt, work, rank: int = 32) -> dict:
     return {"what": "merge_export_vs_copy", "checkpoint": str(ckpt), "gib": round(size / 2**30, 2),
             "copy_s": round(copy_s, 2), "merge_s": round(merge_s, 2), "export_s": round(export_s, 2),
             "ratio": round((merge_s + export_s) / copy_s, 2), "one_pass_s": round(one_pass_s, 2),
-            "one_pass_ratio": round(one_pass_s / copy_s, 2),
+            "one_pass_ratio": round(one_pass_s / copy_s, 2), "copy_direct_s": round(copy_direct_s, 2),
+            "one_pass_vs_direct_copy": round(one_pass_s / copy_direct_s, 2),
             "peak_mib": {"copy": copy_mib, "merge": merge_mib, "export": export_mib, "one_pass": one_pass_mib}}
 
 

@@ -6,9 +6,11 @@ A crash, a full disk or Ctrl-C never leaves a half-written file or folder under 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
+import mmap
 import os
 import queue
 import shutil
@@ -156,6 +158,83 @@ def cast_specs(f, dtype: torch.dtype | None, keys: Iterable[str] | None = None) 
     return dict(sorted(specs.items(), key=lambda item: -item[1][0].itemsize))
 
 
+STAGE_BYTES = 8 << 20  # the direct writer's staging buffer: a multiple of the 4 KiB alignment
+_ALIGN = 4096
+
+
+class WeightFile:
+    """A big file written front to back. Where the OS and the filesystem allow it (Linux: ext4,
+    xfs), it writes with O_DIRECT through one reused, page-aligned staging buffer, so the bytes go
+    to the disk without a page-cache copy; elsewhere (tmpfs, macOS) with plain writes.
+
+    Why: on this project's 2-core VM, a buffered write of a 2 GB checkpoint spent 6-14 s of kernel
+    time getting page-cache memory, a direct one 0.4-0.8 s (`dd`, synced, 2026-12-02), and a
+    checkpoint just written is not read again soon enough to want the cache. `direct` is
+    `.direct` afterwards: whether O_DIRECT is in use."""
+
+    def __init__(self, path: str | Path, direct: bool = True):
+        flags, o_direct = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, getattr(os, "O_DIRECT", 0)
+        self.fd, self.direct = -1, bool(direct and o_direct)
+        if self.direct:
+            try:
+                self.fd = os.open(path, flags | o_direct, 0o666)
+            except OSError as e:  # EINVAL: this filesystem has no direct I/O
+                if e.errno != errno.EINVAL:
+                    raise
+                self.direct = False
+        if self.fd < 0:
+            self.fd = os.open(path, flags, 0o666)
+        self.stage = mmap.mmap(-1, STAGE_BYTES) if self.direct else None
+        self.view = memoryview(self.stage) if self.stage is not None else None
+        self.fill = self.flushed = 0
+
+    def write(self, data) -> None:
+        data = memoryview(data).cast("B")
+        if not self.direct:
+            self._write_all(data)
+            return
+        while len(data):
+            n = min(len(data), STAGE_BYTES - self.fill)
+            self.view[self.fill:self.fill + n] = data[:n]
+            self.fill, data = self.fill + n, data[n:]
+            if self.fill == STAGE_BYTES:
+                self._flush(STAGE_BYTES)
+
+    def finish(self) -> None:
+        """Write what the staging buffer holds: the tail padded to the alignment, then cut back."""
+        if self.direct and self.fill:
+            size, padded = self.flushed + self.fill, -(-self.fill // _ALIGN) * _ALIGN
+            self.view[self.fill:padded] = bytes(padded - self.fill)
+            self._flush(padded)
+            os.ftruncate(self.fd, size)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.stage is not None:
+            self.view.release()
+            self.stage.close()
+
+    def _flush(self, n: int) -> None:
+        try:
+            self._write_all(self.view[:n])
+        except OSError as e:
+            # Some filesystems accept O_DIRECT at open and refuse the write; nothing has reached
+            # the file yet (the first flush holds it all from byte 0), so go on with plain writes.
+            if e.errno != errno.EINVAL or self.flushed:
+                raise
+            import fcntl
+
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            os.ftruncate(self.fd, 0)
+            self._write_all(self.view[:n])
+        self.flushed, self.fill = self.flushed + n, 0
+
+    def _write_all(self, data: memoryview) -> None:
+        while len(data):
+            data = data[os.write(self.fd, data):]
+
+
 def write_safetensors(path: str | Path, specs: Mapping[str, tuple[torch.dtype, Sequence[int]]],
                       tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     """A .safetensors file written one tensor at a time, so a checkpoint is never held whole in
@@ -179,17 +258,18 @@ def write_safetensors(path: str | Path, specs: Mapping[str, tuple[torch.dtype, S
     blocks: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
 
-    def writer(fh) -> None:
+    def writer(out: WeightFile) -> None:
         while (block := blocks.get()) is not None:
             if not failure:
                 try:
                     digest.update(block)
-                    fh.write(block)
+                    out.write(block)
                 except BaseException as e:  # handed to the caller below
                     failure.append(e)
 
-    with open(path, "wb") as fh:
-        thread = threading.Thread(target=writer, args=(fh,), daemon=True)
+    out = WeightFile(path)
+    try:
+        thread = threading.Thread(target=writer, args=(out,), daemon=True)
         thread.start()
         try:
             blocks.put(struct.pack("<Q", len(blob)) + blob)
@@ -205,8 +285,11 @@ def write_safetensors(path: str | Path, specs: Mapping[str, tuple[torch.dtype, S
         finally:
             blocks.put(None)
             thread.join()
-    if failure:
-        raise failure[0]
+        if failure:
+            raise failure[0]
+        out.finish()
+    finally:
+        out.close()
     if (left := next(expected, None)) is not None:
         raise ValueError(f"{path}: no data for tensor {left[0]}")
     return digest.hexdigest()

@@ -1,5 +1,5 @@
 """The train benchmark's table (GPU-only to measure): rows, names and ratios, with the timing
-replaced by known figures."""
+replaced by known figures; the export benchmark's jobs on the tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ def test_every_row_of_ours_carries_its_ratios_to_both_peers(monkeypatch):
     assert compiled["mfu_pct"] == 12.5
     # with checkpointing there is no compiled peer, and the ratio is to that pass's own peer
     assert "speed_vs_compiled_peer" not in by["train_ours", True] and by["train_ours", True]["speed_vs_peer"] == 0.75
+
+
+def test_the_export_benchmark_times_every_job_and_its_direct_copy_is_a_true_copy(tiny_ckpt, tmp_path):
+    """`invoke bench --what export` on the tiny checkpoint: each job runs and writes what it
+    says, and the direct-I/O copy it compares against holds the same bytes as the source."""
+    from pipeline.bench import bench_export
+    from pipeline.checkpoint import Checkpoint
+
+    row = bench_export(tiny_ckpt, tmp_path / "work", rank=4)
+    for key in ("copy_s", "copy_direct_s", "merge_s", "export_s", "one_pass_s"):
+        assert row[key] > 0, key
+    assert row["one_pass_vs_direct_copy"] > 0 and row["one_pass_ratio"] > 0
+    for src in Checkpoint.of(tiny_ckpt).files.values():
+        assert (tmp_path / "work" / "copy-direct" / src.name).read_bytes() == src.read_bytes()
+    assert (tmp_path / "work" / "export-1" / "manifest.json").is_file()
