@@ -80,10 +80,17 @@ def test_eval_is_on_held_out_prompts(experiment):
     assert written["eval"] and not written["eval"] & written["train"]
 
 
+# Held-out number spans written with digits, base -> fine-tune, measured on this CPU, 2026-12-02:
+# seed 7 (CI's) 30 % -> 5 %, seed 11 38 % -> 2 %, seed 13 14 % -> 3 %. Bars with room under each:
+# the base writes digits in at least 10 % of spans, the fine-tune in at most half as many.
+MIN_BASE_DIGITS, MAX_DIGIT_RATIO = 0.1, 0.5
+
+
 def test_digits_before_words_after(experiment):
     base, cand = experiment["summary"]["base"], experiment["summary"]["candidate"]
     assert base["number_spans"] >= 10
-    assert base["digit_share"] > cand["digit_share"]
+    assert base["digit_share"] >= MIN_BASE_DIGITS
+    assert cand["digit_share"] <= MAX_DIGIT_RATIO * base["digit_share"]
     assert cand["exact_share"] >= base["exact_share"]
 
 
