@@ -169,8 +169,8 @@ class WeightFile:
 
     Why: on this project's 2-core VM, a buffered write of a 2 GB checkpoint spent 6-14 s of kernel
     time getting page-cache memory, a direct one 0.4-0.8 s (`dd`, synced, 2026-12-02), and a
-    checkpoint just written is not read again soon enough to want the cache. `direct` is
-    `.direct` afterwards: whether O_DIRECT is in use."""
+    checkpoint just written is not read again soon enough to want the cache. `.direct` says
+    whether O_DIRECT is in use. Call `finish()` after the last write, then `close()`."""
 
     def __init__(self, path: str | Path, direct: bool = True):
         flags, o_direct = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, getattr(os, "O_DIRECT", 0)
