@@ -68,15 +68,20 @@ def _lm(cfg: dict, device: str, checkpointing: bool):
 
 
 def _time(step, steps: int, warmup: int) -> float:
-    times = []
-    for i in range(steps + warmup):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+    """Median step time of `steps` steps run back to back, as a training loop runs them: a CUDA
+    event after each, no host sync in between (a sync per step would charge every step the
+    launch latency the loop hides). The same clock as the train loop's (train.StepClock)."""
+    for _ in range(warmup):
         step()
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    torch.cuda.synchronize()
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+    marks[0].record()
+    for mark in marks[1:]:
+        step()
+        mark.record()
+    torch.cuda.synchronize()
+    times = sorted(a.elapsed_time(b) / 1000 for a, b in zip(marks, marks[1:]))
+    return times[len(times) // 2]
 
 
 def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 30.0, rank: int = 128,
@@ -92,6 +97,10 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
     from . import train as tr
     from .config import load_config
 
+    if compile:
+        # A fresh compile per row: dynamo would otherwise see an earlier row's changed shape as a
+        # dynamic dimension and time a shape-generic graph, not what a run of this row compiles.
+        torch._dynamo.reset()
     cfg = _config(preset)
     lm = _lm(cfg, device, checkpointing)
     T = int(seconds * FRAME_RATE)
@@ -106,13 +115,14 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
         for p in params:
             p.requires_grad_(True)
         lm.train()
-        opt = torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1)
+        # fused: one kernel per step instead of a dozen passes (ours has it too: make_trainer)
+        opt = torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 
         def loss_fn():
             _, logits = lm.forward_text(inputs)
             return F.cross_entropy(logits[:, 0].float().reshape(-1, cfg["text_card"]), codes[:, 0].reshape(-1))
 
-        loss = torch.compile(loss_fn) if compile else loss_fn  # the peer's one line
+        loss = torch.compile(loss_fn, mode=compile_mode) if compile else loss_fn  # the peer's one line
 
         def step():
             loss().backward()
@@ -247,29 +257,64 @@ def bench_stream(ckpt, steps: int = 50, warmup: int = 5) -> dict:
     return out
 
 
-def run_train_benchmarks(out=print, profile_dir: Path | None = None) -> list[dict]:
-    """The eager and the compiled peer, then ours eager and compiled, without and with per-layer
-    checkpointing, in one process; each of our rows carries its ratio to both peers' frames/s
-    and memory (`speed_vs_peer`, `speed_vs_compiled_peer`, ...), and MFU against the card's
-    measured bf16 matmul rate. `profile_dir`: a profiler table per row of the first pass."""
+# (impl, compiled, compile mode, checkpointing), peers first: each of ours is compared with them
+TRAIN_ROWS = (("peer", False, "default", False), ("peer", True, "default", False),
+              ("peer", True, "reduce-overhead", False), ("ours", False, "default", False),
+              ("ours", True, "default", False), ("ours", True, "reduce-overhead", False),
+              ("peer", False, "default", True), ("ours", False, "default", True))
+
+
+def run_train_benchmarks(out=print, profile_dir: Path | None = None,
+                         configs: Sequence[tuple] = TRAIN_ROWS) -> list[dict]:
+    """The eager peer and the compiled peer (one line of torch.compile, in the default mode and
+    with CUDA graphs), then ours eager, compiled and with CUDA graphs, then both eager with
+    per-layer checkpointing, in one process. Each of our rows carries its ratio to the eager
+    peer and to the compiled peer at its faster mode (`speed_vs_compiled_peer`,
+    `memory_vs_compiled_peer`), and MFU against the card's measured bf16 matmul rate.
+    `profile_dir`: a profiler table per row without checkpointing. `configs`: a subset of TRAIN_ROWS."""
     rate = matmul_rate()
-    rows = []
-    for checkpointing in (False, True):
-        peers = {}
-        for impl, compile in (("peer", False), ("peer", True), ("ours", False), ("ours", True)):
-            if compile and checkpointing:
-                continue  # compiled recomputation is not what users run here
-            name = f"train_{impl}{'_compiled' if compile else ''}"
-            profile = profile_dir / f"{name}.txt" if profile_dir is not None and not checkpointing else None
-            row = bench_train(impl, checkpointing=checkpointing, compile=compile, profile=profile)
-            torch.cuda.empty_cache()
+    rows, peers = [], {}
+    for impl, compile, mode, checkpointing in configs:
+        variant = f"train_{impl}{'_compiled' if compile else ''}{'_cudagraphs' if mode == 'reduce-overhead' else ''}"
+        profile = profile_dir / f"{variant}.txt" if profile_dir is not None and not checkpointing else None
+        row = bench_train(impl, checkpointing=checkpointing, compile=compile, compile_mode=mode, profile=profile)
+        torch.cuda.empty_cache()
+        row["mfu_pct"] = round(100 * row["model_tflops"] * 1e12 / rate, 1)
+        if impl == "peer":
+            key = ("compiled_peer" if compile else "peer", checkpointing)
+            if key not in peers or row["frames_per_s"] > peers[key]["frames_per_s"]:
+                peers[key] = row  # the compiled peer at its faster mode
+        else:
+            for (name, with_checkpointing), peer in peers.items():
+                if with_checkpointing == checkpointing:
+                    row[f"speed_vs_{name}"] = round(row["frames_per_s"] / peer["frames_per_s"], 2)
+                    row[f"memory_vs_{name}"] = round(row["peak_gib"] / peer["peak_gib"], 2)
+        rows.append(row)
+        out(json.dumps(row))
+    out(json.dumps({"what": "bf16_matmul_tflops", "value": round(rate / 1e12, 1)}))
+    return rows
+
+
+def run_batch_sweep(batches: Sequence[int], out: Callable[[str], None] = print) -> list[dict]:
+    """The compiled peer and our compiled step, both with CUDA graphs, at each batch size (30 s windows, rank 128), with
+    MFU against this card's measured bf16 matmul rate. Memory is also compared with the compiled
+    peer at batch 8 (the issue's reference): the best batch is the fastest of ours that stays
+    within 2x of that."""
+    rate = matmul_rate()
+    rows, reference = [], None
+    for batch in sorted(set(batches) | {8}):  # batch 8 first: the memory reference
+        peer = bench_train("peer", batch=batch, compile=True, compile_mode="reduce-overhead")
+        torch.cuda.empty_cache()
+        ours = bench_train("ours", batch=batch, compile=True, compile_mode="reduce-overhead")
+        torch.cuda.empty_cache()
+        reference = reference or peer
+        for row in (peer, ours):
             row["mfu_pct"] = round(100 * row["model_tflops"] * 1e12 / rate, 1)
-            if impl == "peer":
-                peers["peer" if not compile else "compiled_peer"] = row
-            else:
-                for key, peer in peers.items():
-                    row[f"speed_vs_{key}"] = round(row["frames_per_s"] / peer["frames_per_s"], 2)
-                    row[f"memory_vs_{key}"] = round(row["peak_gib"] / peer["peak_gib"], 2)
+        ours["speed_vs_compiled_peer"] = round(ours["frames_per_s"] / peer["frames_per_s"], 2)
+        ours["memory_vs_compiled_peer"] = round(ours["peak_gib"] / peer["peak_gib"], 2)
+        for row in (peer, ours):
+            row["memory_vs_compiled_peer_batch_8"] = round(row["peak_gib"] / reference["peak_gib"], 2)
+        for row in (peer, ours):
             rows.append(row)
             out(json.dumps(row))
     out(json.dumps({"what": "bf16_matmul_tflops", "value": round(rate / 1e12, 1)}))
@@ -388,14 +433,9 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["ddp"]:
         _ddp_child()
-    elif sys.argv[1:2] in (["cudagraphs"], ["compiled"]):  # the compiled peer against our compiled step
-        peer = bench_train("peer", compile=True)
-        print(json.dumps(peer))
-        for mode in ("default", "reduce-overhead") if sys.argv[1] == "cudagraphs" else ("default",):
-            torch.cuda.empty_cache()
-            row = bench_train("ours", compile=True, compile_mode=mode)
-            row["speed_vs_compiled_peer"] = round(row["frames_per_s"] / peer["frames_per_s"], 2)
-            row["memory_vs_compiled_peer"] = round(row["peak_gib"] / peer["peak_gib"], 2)
-            print(json.dumps(row))
+    elif sys.argv[1:] == ["compiled"]:  # the compiled peer against our compiled step, both modes each
+        run_train_benchmarks(configs=[row for row in TRAIN_ROWS if row[1]])
+    elif sys.argv[1:2] == ["batches"]:  # python -m pipeline.bench batches 8,16,24
+        run_batch_sweep([int(b) for b in sys.argv[2].split(",")])
     else:  # python -m pipeline.bench [PROFILE_DIR]: the train rows, with profiler tables if given
         run_train_benchmarks(profile_dir=Path(sys.argv[1]) if sys.argv[1:] else None)

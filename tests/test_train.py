@@ -1,5 +1,6 @@
 """Training on the tiny checkpoint (CPU): loss falls, adapters load in moshi, resume is exact."""
 
+import gzip
 import json
 import random
 
@@ -151,7 +152,27 @@ def test_profile_writes_the_op_table_of_three_steps(tmp_path, tiny_ckpt, samples
     text = (run / "profile.txt").read_text()
     assert text.startswith("train.profile: steps 4-6 of the loop") and "by host time" in text
     assert "aten::mm" in text or "aten::addmm" in text  # the ops the steps ran
+    assert "device timeline: " in text  # on the CPU: no device events
     assert [r["step"] for r in metrics(run)] == list(range(1, 7))
+    trace = json.loads(gzip.decompress((run / "trace.json.gz").read_bytes()))
+    names = {e.get("name") for e in (trace["traceEvents"] if isinstance(trace, dict) else trace)}
+    assert "aten::mm" in names or "aten::addmm" in names
+    assert not (run / "trace.json").exists()
+
+
+def test_device_timeline_counts_overlapping_work_once_and_finds_the_gaps():
+    kernel = lambda ts, dur: {"ph": "X", "cat": "kernel", "ts": ts, "dur": dur}  # noqa: E731
+    host = {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1000}
+    events = [host, kernel(100, 200), kernel(250, 100), kernel(600, 100), {"ph": "i", "ts": 5000},
+              {"ph": "X", "cat": "gpu_memcpy", "ts": 900, "dur": 100}]
+    timeline = tr.device_timeline(events)
+    # busy: [100, 350] + [600, 700] + [900, 1000] = 450 us of the 1000 us span (host op 0..1000)
+    assert timeline == {"device_events": 4, "span_ms": 1.0, "device_busy_ms": 0.45, "device_busy_share": 0.45,
+                        "longest_idle_gaps_ms": [0.25, 0.2]}
+    assert tr.device_timeline([host]) == {"device_events": 0}
+    # work that ends last is the span's end; a kernel inside another adds nothing
+    inner = tr.device_timeline([kernel(0, 1000), kernel(10, 10), kernel(1000, 0)])
+    assert inner["device_busy_share"] == 1.0 and inner["longest_idle_gaps_ms"] == []
 
 
 def _write_pack(path, samples, mimi_file):
@@ -349,3 +370,13 @@ def test_window_attention_equals_moshis_attention(tiny_ckpt, context):
         future = inputs.clone()
         future[:, :, -1] = 0
         assert torch.allclose(tr.forward_stt(fast, future)[0][:, :-1], outputs[1][0][:, :-1], atol=1e-5)
+
+
+def test_compile_mode_auto_is_cuda_graphs_in_one_process_and_the_default_mode_under_ddp():
+    assert tr.compile_mode("auto", world=1) == "reduce-overhead"
+    assert tr.compile_mode("auto", world=2) == "default"
+    assert tr.compile_mode("default", world=1) == "default"
+    assert tr.compile_mode("max-autotune", world=4) == "max-autotune"
+    assert load_config(None).train.compile_mode == "auto"
+    with pytest.raises(Exception, match="train.compile_mode must be"):
+        load_config(None, ["train.compile_mode=graphs"])
