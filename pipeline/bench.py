@@ -152,7 +152,8 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
             torch.cuda.synchronize()
         Path(profile).write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
     frames = batch * T
-    variant = impl + ("_compiled" if compile else "") + ("_cudagraphs" if compile_mode == "reduce-overhead" else "")
+    variant = impl + ("_compiled" if compile else "") + {"reduce-overhead": "_cudagraphs",
+                                                           "max-autotune": "_max_autotune"}.get(compile_mode, "")
     result = {"what": f"train_{variant}", "preset": preset, "batch": batch, "seconds": seconds, "rank": rank,
               "checkpointing": checkpointing, "step_s": round(seconds_per_step, 4),
               "frames_per_s": round(frames / seconds_per_step),
