@@ -64,10 +64,16 @@ def test_the_export_benchmark_times_every_job_and_its_direct_copy_is_a_true_copy
     from pipeline.bench import bench_export
     from pipeline.checkpoint import Checkpoint
 
-    row = bench_export(tiny_ckpt, tmp_path / "work", rank=4)
+    work = tmp_path / "work"
+    row = bench_export(tiny_ckpt, work, rank=4)
+    # Seconds are rounded to 10 ms, and copying the tiny files can take less (0.0 was seen on CI):
+    # that each job ran shows in what it wrote, and the ratios are of the unrounded times.
     for key in ("copy_s", "copy_direct_s", "merge_s", "export_s", "one_pass_s"):
-        assert row[key] > 0, key
+        assert row[key] >= 0, key
     assert row["one_pass_vs_direct_copy"] > 0 and row["one_pass_ratio"] > 0
     for src in Checkpoint.of(tiny_ckpt).files.values():
-        assert (tmp_path / "work" / "copy-direct" / src.name).read_bytes() == src.read_bytes()
-    assert (tmp_path / "work" / "export-1" / "manifest.json").is_file()
+        for copy in ("copy", "copy-direct"):
+            assert (work / copy / src.name).read_bytes() == src.read_bytes(), (copy, src.name)
+    assert Checkpoint.of(work / "merged").files["lm"].is_file()
+    for exported in ("export", "export-1"):
+        assert (work / exported / "manifest.json").is_file(), exported
