@@ -180,8 +180,9 @@ class TrainConfig:
                          "in the training loop itself (false); either way the loop syncs with the GPU only "
                          "every 10 steps, so the CPU runs ahead.", True)
     profile: bool = doc("Profile three steps of the loop (after step 20, or the last three of a shorter run) "
-                        "with torch.profiler: a table of the time per op, sorted by device then host time, in "
-                        "the run folder's profile.txt.", False)
+                        "with torch.profiler: in the run folder, profile.txt (how busy the GPU was, then the time "
+                        "per op, sorted by device then host time) and trace.json.gz (the chrome trace, for "
+                        "Perfetto).", False)
     device: str = doc("'auto' (cuda if available), 'cpu' or 'cuda'.", "auto")
     log_every: int = doc("Write a metrics.jsonl line every N steps.", 1)
     save_every: int = doc("Save a resumable checkpoint every N steps (and at the end).", 50)
