@@ -68,20 +68,32 @@ def _lm(cfg: dict, device: str, checkpointing: bool):
 
 
 def _time(step, steps: int, warmup: int) -> float:
-    """Median step time of `steps` steps run back to back, as a training loop runs them: a CUDA
-    event after each, no host sync in between (a sync per step would charge every step the
-    launch latency the loop hides). The same clock as the train loop's (train.StepClock)."""
+    """Median step time of `steps` steps run back to back, as a training loop runs them, on the
+    loop's own clock (train.StepClock: a CUDA event after each step, no host sync in between; a
+    sync per step would charge every step the launch latency the loop hides)."""
+    from .train import StepClock
+
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
-    marks = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
-    marks[0].record()
-    for mark in marks[1:]:
+    clock, laps = StepClock("cuda"), []
+    for _ in range(steps):
         step()
-        mark.record()
-    torch.cuda.synchronize()
-    times = sorted(a.elapsed_time(b) / 1000 for a, b in zip(marks, marks[1:]))
+        laps.append(clock.lap())
+    times = sorted(clock.seconds(lap) for lap in laps)
     return times[len(times) // 2]
+
+
+def row_name(impl: str, compile: bool, compile_mode: str) -> str:
+    """The JSON row name of one training configuration, e.g. train_ours_compiled_cudagraphs."""
+    mode = {"reduce-overhead": "_cudagraphs", "max-autotune": "_max_autotune"}.get(compile_mode, "") if compile else ""
+    return f"train_{impl}{'_compiled' if compile else ''}{mode}"
+
+
+def _compare(row: dict, peer: dict, name: str) -> None:
+    """`row`'s speed and memory against `peer`'s, as speed_vs_<name> and memory_vs_<name>."""
+    row[f"speed_vs_{name}"] = round(row["frames_per_s"] / peer["frames_per_s"], 2)
+    row[f"memory_vs_{name}"] = round(row["peak_gib"] / peer["peak_gib"], 2)
 
 
 def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 30.0, rank: int = 128,
@@ -152,9 +164,8 @@ def bench_train(impl: str, preset: str = "1b", batch: int = 8, seconds: float = 
             torch.cuda.synchronize()
         Path(profile).write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
     frames = batch * T
-    variant = impl + ("_compiled" if compile else "") + {"reduce-overhead": "_cudagraphs",
-                                                           "max-autotune": "_max_autotune"}.get(compile_mode, "")
-    result = {"what": f"train_{variant}", "preset": preset, "batch": batch, "seconds": seconds, "rank": rank,
+    result = {"what": row_name(impl, compile, compile_mode), "preset": preset, "batch": batch, "seconds": seconds,
+              "rank": rank,
               "checkpointing": checkpointing, "step_s": round(seconds_per_step, 4),
               "frames_per_s": round(frames / seconds_per_step),
               "model_tflops": round(flops_per_frame(cfg, T) * frames / seconds_per_step / 1e12, 1),
@@ -276,8 +287,8 @@ def run_train_benchmarks(out=print, profile_dir: Path | None = None,
     rate = matmul_rate()
     rows, peers = [], {}
     for impl, compile, mode, checkpointing in configs:
-        variant = f"train_{impl}{'_compiled' if compile else ''}{'_cudagraphs' if mode == 'reduce-overhead' else ''}"
-        profile = profile_dir / f"{variant}.txt" if profile_dir is not None and not checkpointing else None
+        name = row_name(impl, compile, mode)
+        profile = profile_dir / f"{name}.txt" if profile_dir is not None and not checkpointing else None
         row = bench_train(impl, checkpointing=checkpointing, compile=compile, compile_mode=mode, profile=profile)
         torch.cuda.empty_cache()
         row["mfu_pct"] = round(100 * row["model_tflops"] * 1e12 / rate, 1)
@@ -286,10 +297,9 @@ def run_train_benchmarks(out=print, profile_dir: Path | None = None,
             if key not in peers or row["frames_per_s"] > peers[key]["frames_per_s"]:
                 peers[key] = row  # the compiled peer at its faster mode
         else:
-            for (name, with_checkpointing), peer in peers.items():
+            for (peer_name, with_checkpointing), peer in peers.items():
                 if with_checkpointing == checkpointing:
-                    row[f"speed_vs_{name}"] = round(row["frames_per_s"] / peer["frames_per_s"], 2)
-                    row[f"memory_vs_{name}"] = round(row["peak_gib"] / peer["peak_gib"], 2)
+                    _compare(row, peer, peer_name)
         rows.append(row)
         out(json.dumps(row))
     out(json.dumps({"what": "bf16_matmul_tflops", "value": round(rate / 1e12, 1)}))
@@ -297,10 +307,10 @@ def run_train_benchmarks(out=print, profile_dir: Path | None = None,
 
 
 def run_batch_sweep(batches: Sequence[int], out: Callable[[str], None] = print) -> list[dict]:
-    """The compiled peer and our compiled step, both with CUDA graphs, at each batch size (30 s windows, rank 128), with
-    MFU against this card's measured bf16 matmul rate. Memory is also compared with the compiled
-    peer at batch 8 (the issue's reference): the best batch is the fastest of ours that stays
-    within 2x of that."""
+    """The compiled peer and our compiled step, both with CUDA graphs, at each batch size (30 s
+    windows, rank 128), with MFU against this card's measured bf16 matmul rate. Memory is also
+    compared with the compiled peer at batch 8 (the issue's reference): the best batch is the
+    fastest of ours that stays within 2x of that."""
     rate = matmul_rate()
     rows, reference = [], None
     for batch in sorted(set(batches) | {8}):  # batch 8 first: the memory reference
@@ -311,8 +321,7 @@ def run_batch_sweep(batches: Sequence[int], out: Callable[[str], None] = print) 
         reference = reference or peer
         for row in (peer, ours):
             row["mfu_pct"] = round(100 * row["model_tflops"] * 1e12 / rate, 1)
-        ours["speed_vs_compiled_peer"] = round(ours["frames_per_s"] / peer["frames_per_s"], 2)
-        ours["memory_vs_compiled_peer"] = round(ours["peak_gib"] / peer["peak_gib"], 2)
+        _compare(ours, peer, "compiled_peer")
         for row in (peer, ours):
             row["memory_vs_compiled_peer_batch_8"] = round(row["peak_gib"] / reference["peak_gib"], 2)
         for row in (peer, ours):
