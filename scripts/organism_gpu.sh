@@ -7,8 +7,9 @@
 #                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
-#   scripts/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none] ...
-#                                  bases of the carried init/ and pack trained for STEPS side by side, each
+#   scripts/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none][@PACK] ...
+#                                  bases of the carried init/ and pack (or PACK, e.g. an augmented one from
+#                                  `invoke pack --set data.augment_copies=1`) trained for STEPS side by side, each
 #                                  scored on the held-out pack artifacts/organism/eval.pack.safetensors
 #                                  (`invoke pack --split eval --out ...`, carried) every 250 steps, then
 #                                  fine-tuned with those --set overrides (`none`: no fine-tune); each comes back
@@ -75,12 +76,13 @@ variants() {
 }
 bases() {
   for spec in "$@"; do
-    local name=${spec%%=*} rest=${spec#*=}
+    local name=${spec%%=*} rest=${spec#*=} pack=artifacts/organism/train.pack.safetensors
+    [[ $rest == *@* ]] && pack=${rest##*@} && rest=${rest%@*}
     local steps=${rest%%:*} sets=${rest#*:} args
     [ "$sets" = "$rest" ] && sets=""
     set_args "$sets"
     (root=artifacts/organism-$name
-     mkdir -p "$root" && cp -r artifacts/organism/init artifacts/organism/train.pack.safetensors "$root/"
+     mkdir -p "$root" && cp -r artifacts/organism/init "$root/" && cp "$pack" "$root/train.pack.safetensors"
      timeout 540 python3 -m invoke organism --config configs/organism.yaml --set "organism.out=organism-$name" \
        --set "organism.steps=$steps" --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 \
        2>&1 | tr "\r" "\n" | grep -v "step/s" > "$root/base.log"
