@@ -192,6 +192,9 @@ class TrainConfig:
         "folder from `invoke data` (its eval split) or a code pack of one (`invoke pack --split eval`). "
         "Relative paths are under `artifacts`; empty: none.", "")
     val_every: int = doc("Score `val_data` every N steps.", 200)
+    augmented: bool = doc("Train on the augmented copies a code pack holds (`invoke pack` with "
+                          "data.augment_copies) as well as its clips as recorded; false keeps the recorded "
+                          "clips only: the control of an augmentation, on exactly the same clips.", True)
 
 
 @dataclass

@@ -360,6 +360,9 @@ def load_samples(cfg: Config, ckpt: Checkpoint, device: str, data: str | None = 
     mimi_file = ckpt.files["mimi"]
     if source.is_file():
         labels, codes, delay = read_pack(source, mimi_file)
+        if not cfg.train.augmented:
+            kept = [i for i, entry in enumerate(labels) if "augment" not in entry]
+            labels, codes = [labels[i] for i in kept], [codes[i] for i in kept]
     else:
         utterances = read_split(source, split)
         delay = dataset_text_delay(source)

@@ -98,7 +98,12 @@ wheels() {
   done
   "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${pkgs[@]}"
-  ls .whl/*.whl
+  # openai-whisper ships only as an sdist (pure Python): its installed package is copied as is;
+  # the scripts put .whl/pkgs on the box's path (the distill stage needs Whisper tiny.en's code).
+  local site
+  site=$("$python" -c "import whisper, pathlib; print(pathlib.Path(whisper.__file__).parent)")
+  rm -rf .whl/pkgs/whisper && mkdir -p .whl/pkgs && cp -r "$site" .whl/pkgs/ && find .whl/pkgs -name __pycache__ -prune -exec rm -rf {} +
+  ls .whl/*.whl .whl/pkgs
 }
 
 case "${1:-}" in

@@ -7,9 +7,10 @@
 #                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
-#   scripts/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none][@PACK] ...
+#   scripts/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none][@PACK|@recorded] ...
 #                                  bases of the carried init/ and pack (or PACK, e.g. an augmented one from
-#                                  `invoke pack --set data.augment_copies=1`) trained for STEPS side by side, each
+#                                  `invoke pack --set data.augment_copies=1`; @recorded: the carried pack without
+#                                  its augmented copies, train.augmented=false) trained for STEPS side by side, each
 #                                  scored on the held-out pack artifacts/organism/eval.pack.safetensors
 #                                  (`invoke pack --split eval --out ...`, carried) every 250 steps, then
 #                                  fine-tuned with those --set overrides (`none`: no fine-tune); each comes back
@@ -76,8 +77,10 @@ variants() {
 }
 bases() {
   for spec in "$@"; do
-    local name=${spec%%=*} rest=${spec#*=} pack=artifacts/organism/train.pack.safetensors
+    local name=${spec%%=*} rest=${spec#*=} pack=artifacts/organism/train.pack.safetensors only=()
     [[ $rest == *@* ]] && pack=${rest##*@} && rest=${rest%@*}
+    # @recorded: the carried pack's clips as recorded, without its augmented copies (base and fine-tune)
+    [ "$pack" = recorded ] && pack=artifacts/organism/train.pack.safetensors && only=(--set train.augmented=false)
     local steps=${rest%%:*} sets=${rest#*:} args
     [ "$sets" = "$rest" ] && sets=""
     set_args "$sets"
@@ -85,14 +88,14 @@ bases() {
      mkdir -p "$root" && cp -r artifacts/organism/init "$root/" && cp "$pack" "$root/train.pack.safetensors"
      timeout 540 python3 -m invoke organism --config configs/organism.yaml --set "organism.out=organism-$name" \
        --set "organism.steps=$steps" --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 \
-       2>&1 | tr "\r" "\n" | grep -v "step/s" > "$root/base.log"
+       "${only[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" > "$root/base.log"
      echo "$name base: $(tail -1 "$root/base.log")"
      cp "$root/base.log" "$root/run/"
      tar -C "$root" -cJf "$OUT/$name-base.tar.xz" --exclude="mimi*" --exclude="tokenizer*" model run/metrics.jsonl run/base.log
      [ "$sets" = none ] && exit 0
      timeout 300 python3 -m invoke train --config configs/organism.yaml --set "model.source=$root/model" \
        --set "train.data=organism-$name/train.pack.safetensors" --set "train.out=organism-$name/runs/lora" \
-       --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 "${args[@]}" 2>&1 \
+       --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 "${only[@]}" "${args[@]}" 2>&1 \
        | tr "\r" "\n" | grep -v "step/s" > "$root/lora.log"
      echo "$name lora: $(tail -1 "$root/lora.log")"; cp "$root/lora.log" "$root/runs/lora/train.log"
      tar -C "$root/runs/lora" -cJf "$OUT/$name-lora.tar.xz" final metrics.jsonl train.log) &

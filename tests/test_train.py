@@ -295,6 +295,25 @@ def test_a_dataset_built_for_another_text_delay_is_refused(tmp_path, tiny_ckpt):
     assert len(tr.load_samples(cfg, ckpt, "cpu")) == 1
 
 
+def test_augmented_copies_are_trained_on_unless_turned_off(tmp_path, tiny_ckpt):
+    """train.augmented=false keeps exactly the pack's clips as recorded, in their order."""
+    from types import SimpleNamespace
+
+    from pipeline.codes import write_pack
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    utterances = [SimpleNamespace(path=tmp_path / f"{i}.wav", alignments=[["one", [0.5, 0.8], "SPEAKER_MAIN"]],
+                                  number_spans=[], category="plain", voice="espeak:en") for i in range(4)]
+    codes = [torch.full((8, 30), i, dtype=torch.long) for i in range(4)]  # clips 0, 1 and their copies 2, 3
+    pack = write_pack(tmp_path / "p.safetensors", utterances, codes, ckpt.files["mimi"], text_delay=0.5,
+                      augments=["", "", "speed 1.05", "noise 20 dB"])
+    every = tr.load_samples(load_config(None, [f"train.data={pack}", f"artifacts={tmp_path}"]), ckpt, "cpu")
+    recorded = tr.load_samples(load_config(None, [f"train.data={pack}", f"artifacts={tmp_path}",
+                                                  "train.augmented=false"]), ckpt, "cpu")
+    assert [int(s.codes[0, 0]) for s in every] == [0, 1, 2, 3]
+    assert [int(s.codes[0, 0]) for s in recorded] == [0, 1]
+
+
 def test_checkpoint_without_heads_is_refused(tmp_path, tiny_copy, samples):
     config_path = tiny_copy / "config.json"
     raw = json.loads(config_path.read_text())
