@@ -23,7 +23,10 @@
 #                                  train.log): untar into artifacts/organism/runs/NAME, then
 #                                  `invoke merge --set merge.adapter=organism/runs/NAME ...` here
 # carry: .whl, artifacts/organism/init, artifacts/organism/train.pack.safetensors (and, for
-# `lora` alone, artifacts/organism/model). The pack and init/ are made here by
+# `lora` alone, artifacts/organism/model). With the augmented pack (21 MB) init/ (42 MB) no longer
+# fits in the 64 MiB: carry artifacts/organism/init.tar.xz instead (20 MB: the Mimi's float32 copy of
+# bf16 weights halves under xz), made by `tar -C artifacts/organism -cJf artifacts/organism/init.tar.xz init`;
+# the script unpacks it. The pack and init/ are made here by
 # `invoke organism --config configs/organism.yaml --prepare`; .whl holds the moshi, invoke and
 # num2words wheels (the box has the rest). Results land in $OUT (8 files: the box's limit); put
 # base_model.safetensors and base_config.json into a copy of init/ named model/, and lora.* into
@@ -31,6 +34,9 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
 cp -r .whl/pkgs/. /tmp/site/ 2>/dev/null  # packages with no wheel on PyPI (openai-whisper is an sdist)
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+if [ -f artifacts/organism/init.tar.xz ] && [ ! -d artifacts/organism/init ]; then
+  tar -C artifacts/organism -xJf artifacts/organism/init.tar.xz || exit 1
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; date -u
 set -o pipefail
 quiet() { tr "\r" "\n" | grep -v "step/s" | tee "$1" | tail -4; }
