@@ -5,7 +5,8 @@
 #                                    `invoke organism --config configs/organism.yaml --stage prepare-distill`);
 #                                    the Mimi's shards and figures.json land in $OUT: put them into
 #                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
-#   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200)
+#   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
+#                                  steps; at the default 4,500 run `base`, then `lora`, as two calls)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
 #   scripts/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none][@PACK|@recorded] ...
 #                                  bases of the carried init/ and pack (or PACK, e.g. an augmented one from
