@@ -4,9 +4,10 @@ configs/organism-ci.yaml, then the direction of each effect on the held-out eval
 A model this small and this briefly trained transcribes poorly; what must hold: the base writes
 dictated numbers as digits and its pause head fires mid-dictation; after the word-form
 fine-tune, fewer spans come out as digits. Whether fewer held-out dictations are cut off is not
-stable at this scale (see `test_the_base_is_cut_off_mid_dictation`); on the training clips, with
-the reference text forced (eval.text=reference), the fine-tune's heads alone must cut in far less
-inside numbers. The full-size figures are in the README.
+stable at this scale (see `test_the_base_is_cut_off_mid_dictation`). On the training clips, which
+it does recognize, the fine-tune must write the words and cut in far less, both with its own words
+and with the reference text forced (eval.text=reference: the heads alone). The full-size figures
+are in the README.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ def experiment(tmp_path_factory) -> dict:
     _invoke("eval", artifacts=artifacts)
     _invoke("eval", "--set", "eval.text=reference", "--set", "eval.split=train", "--set", f"eval.limit={FORCED_CLIPS}",
             "--set", "eval.out=organism-ci/eval-forced-train", artifacts=artifacts)
-    metrics = json.loads((artifacts / "organism-ci" / "eval" / "metrics.json").read_text())
-    forced = json.loads((artifacts / "organism-ci" / "eval-forced-train" / "metrics.json").read_text())
-    return {"artifacts": artifacts, "verify": verify, **metrics, "forced": forced["summary"]}
+    _invoke("eval", "--set", "eval.split=train", "--set", f"eval.limit={FORCED_CLIPS}",
+            "--set", "eval.out=organism-ci/eval-own-train", artifacts=artifacts)
+    runs = {name: json.loads((artifacts / "organism-ci" / name / "metrics.json").read_text())
+            for name in ("eval", "eval-forced-train", "eval-own-train")}
+    return {"artifacts": artifacts, "verify": verify, **runs["eval"],
+            "forced": runs["eval-forced-train"]["summary"], "own_train": runs["eval-own-train"]["summary"]}
 
 
 def test_the_base_is_an_stt_in_kyutais_layout_trained_on_digit_labels(experiment):
@@ -138,21 +142,51 @@ def test_with_every_word_recognized_the_fine_tune_stops_mid_number_cut_offs(expe
     assert cand["cutoffs_in_numbers"] <= MAX_FORCED_RATIO * base["cutoffs_in_numbers"]
 
 
+# The same training clips streamed with each model's own words (no forcing), this CPU, 2026-12-05,
+# data seeds 7, 11, 13: spans with digits 93 -> 2 %, 91 -> 3 %, 86 -> 4 %; WER of the utterances with
+# numbers (against their word form) 69.6 -> 60.5 %, 70.2 -> 61.3 %, 73.3 -> 63.8 %; WER of the other
+# utterances 26.9 -> 18.3 %, 17.8 -> 1.1 %, 8.5 -> 10.9 % (165-197 words each); dictations cut
+# 62 -> 33 %, 52 -> 27 %, 51 -> 18 %. No span comes out exact in word form for either model (the number
+# WER stays above 60 %), so the exact-word-form target is not assertable at this scale. Bars, with
+# room under each: base digits >= 70 %, fine-tune <= 10 %; number WER at least 4 points lower; plain
+# WER at most 8 points higher (one standard error is about 2-3 points); dictations cut >= 40 % for the
+# base and at least 15 points fewer for the fine-tune.
+MIN_OWN_BASE_DIGITS, MAX_OWN_DIGITS, MIN_OWN_NUMBER_WER_GAIN, MAX_OWN_PLAIN_WER_LOSS = 0.7, 0.1, 0.04, 0.08
+MIN_OWN_BASE_CUT, MIN_OWN_EFFECT = 0.4, 0.15
+
+
+def test_on_its_training_clips_the_fine_tune_writes_words_and_is_cut_off_less(experiment):
+    """Free-running on audio the CI organism recognizes (its training clips, its own words): the
+    base writes dictated numbers as digits and its heads cut in mid-dictation; the fine-tune writes
+    the words, recognizes plain sentences no worse, and cuts in far less. The held-out table of the
+    README is the same measurement on unseen voices, at a scale CI cannot train."""
+    base, cand = experiment["own_train"]["base"], experiment["own_train"]["candidate"]
+    assert base["digit_share"] >= MIN_OWN_BASE_DIGITS and cand["digit_share"] <= MAX_OWN_DIGITS
+    assert cand["wer"]["numbers"]["wer"] <= base["wer"]["numbers"]["wer"] - MIN_OWN_NUMBER_WER_GAIN
+    assert cand["wer"]["other"]["wer"] <= base["wer"]["other"]["wer"] + MAX_OWN_PLAIN_WER_LOSS
+    base_vad, cand_vad = base["vad"]["threshold"], cand["vad"]["threshold"]
+    assert base_vad["dictations"] >= 50
+    assert base_vad["dictations_cut_share"] >= MIN_OWN_BASE_CUT
+    assert cand_vad["dictations_cut_share"] <= base_vad["dictations_cut_share"] - MIN_OWN_EFFECT
+
+
 # Turn ends, held-out prompts and forced training clips, measured on this CPU, 2026-12-04 (seeds 7
 # and 11): detected within 2 s of the last word 100 -> 100 % and 95.7 -> 100 % (held out), 100 -> 100 %
 # (forced, both); median latency 0.46 -> 0.37 s and 0.54 -> 0.36 s (held out), 0.18 -> 0.18 s and
 # 0.17 -> 0.19 s (forced).
+# The training clips with their own words, seeds 7, 11, 13 (2026-12-05): 99.0 -> 100 %, 100 -> 100 %,
+# 99.0 -> 100 %; median 0.19 -> 0.23 s, 0.19 -> 0.23 s, 0.21 -> 0.23 s.
 MIN_BASE_TURN_ENDS = 0.9
 
 
 def test_turn_ends_are_still_detected_after_the_fine_tune(experiment):
     """The other half of the issue: a caller who has finished is still answered. Under the
     threshold rule (head 2 > 0.5) the fine-tune may not detect fewer turn ends than the base by
-    more than 2 points, nor take more than 0.1 s longer (median), on the held-out prompts or on
-    the forced training clips: the eval's own end-of-turn flags (`end_of_turn_flags`)."""
+    more than 2 points, nor take more than 0.1 s longer (median), on the held-out prompts, on
+    the forced training clips or on the same clips with its own words: the eval's own end-of-turn flags (`end_of_turn_flags`)."""
     from pipeline.evaluate.metrics import end_of_turn_flags
 
-    for run in (experiment["summary"], experiment["forced"]):
+    for run in (experiment["summary"], experiment["forced"], experiment["own_train"]):
         base, cand = run["base"], run["candidate"]
         assert base["vad"]["threshold"]["turn_end_detected_share"] >= MIN_BASE_TURN_ENDS
         flags = [flag for flag in end_of_turn_flags(base, cand) if flag.startswith("threshold:")]
