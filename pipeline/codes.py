@@ -97,7 +97,8 @@ def pack_utterances(ckpt: Checkpoint | Path, utterances: Sequence, out: Path, ca
 
     ckpt = Checkpoint.of(ckpt)
     mimi_file = ckpt.files["mimi"]
-    cache = CodeCache(ckpt.load_mimi(), mimi_file, cache_root)
+    # On a GPU box the Mimi encodes there (the standard Mimi runs at about 8.5x real time on 2 CPU cores).
+    cache = CodeCache(ckpt.load_mimi(), mimi_file, cache_root, "cuda" if torch.cuda.is_available() else "cpu")
     codes = cache.encode_all([u.path for u in utterances])
     entries, augments, all_codes = list(utterances), [""] * len(utterances), list(codes)
     if copies:
@@ -108,7 +109,7 @@ def pack_utterances(ckpt: Checkpoint | Path, utterances: Sequence, out: Path, ca
                 aug = draw(rng, augment_cfg)
                 wave = torch.from_numpy(np.ascontiguousarray(augment(audio, aug, rng)))[None, None]
                 with torch.no_grad():
-                    all_codes.append(cache.mimi.encode(wave)[0].long())
+                    all_codes.append(cache.mimi.encode(wave.to(cache.device))[0].cpu().long())
                 entries.append(dataclasses.replace(u, alignments=scale_alignments(u.alignments, aug.speed),
                                                    duration=u.duration / aug.speed))
                 augments.append(aug.describe())

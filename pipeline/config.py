@@ -311,6 +311,9 @@ class OrganismConfig:
     n_q: int = doc("Mimi codebooks the LM reads.", 8)
     card: int = doc("Codes per Mimi codebook.", 256)
     text_card: int = doc("SentencePiece vocabulary, trained on the dataset's labels in both number forms.", 1000)
+    mimi_arch: str = doc("The organism's Mimi architecture: 'custom' (the mimi_* widths below; moshi-server cannot "
+                         "serve it) or 'standard' (Kyutai's Mimi, moshi::mimi::Config::v0_1, the one moshi-server "
+                         "builds; the mimi_* widths are then unused and organism.card must be 2048).", "custom")
     mimi_filters: int = doc("Channels of the first SEANet layer of the organism's Mimi (real Mimi: 64).", 16)
     mimi_dim: int = doc("Latent width of the organism's Mimi (real Mimi: 512).", 64)
     mimi_layers: int = doc("Transformer layers of the organism's Mimi (real Mimi: 8).", 1)
@@ -328,8 +331,10 @@ class OrganismConfig:
     distill_crop_seconds: float = doc("Seconds per crop (whole 80 ms frames of a 30 s window).", 4.0)
     distill_lr: float = doc("Peak learning rate of the distillation (AdamW, cosine).", 5e-4)
     distill_commitment: float = doc("Weight of the quantizer's commitment penalty.", 1.0)
-    distill_time_limit_s: float = doc("Stop the distillation after this many seconds (0: run every step); "
-                                      "figures.json records the steps done.", 0.0)
+    distill_time_limit_s: float = doc("Stop the distillation after this many seconds (0: run every step). With a "
+                                      "limit, the cosine schedule is fitted to it after the warm-up (the pace of "
+                                      "steps 20-100), so the run anneals; run.json records planned and done steps.",
+                                      0.0)
     steps: int = doc("Optimizer steps of the from-scratch training.", 2000)
     lr: float = doc("Peak learning rate of the from-scratch training (AdamW, cosine).", 1e-3)
     batch_size: int = doc("Windows per step of the from-scratch training.", 16)
@@ -347,6 +352,11 @@ class OrganismConfig:
             raise ConfigError("organism.lr and organism.fit_seconds must be positive")
         if self.mimi not in ("kmeans", "distilled"):
             raise ConfigError(f"organism.mimi must be 'kmeans' or 'distilled', got {self.mimi!r}")
+        if self.mimi_arch not in ("custom", "standard"):
+            raise ConfigError(f"organism.mimi_arch must be 'custom' or 'standard', got {self.mimi_arch!r}")
+        if self.mimi_arch == "standard" and self.card != 2048:
+            raise ConfigError(f"organism.mimi_arch=standard has 2048 codes per codebook; set organism.card=2048 "
+                              f"(got {self.card})")
         if self.mimi_dim % self.mimi_heads or self.mimi_layers < 1:
             raise ConfigError(f"organism.mimi_dim ({self.mimi_dim}) must be a multiple of organism.mimi_heads "
                               f"({self.mimi_heads}) and organism.mimi_layers at least 1")

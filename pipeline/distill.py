@@ -48,6 +48,8 @@ WINDOW_FRAMES = int(WINDOW_S * FRAME_RATE)      # 375
 WHISPER_RATE = 16_000
 MELS_PER_FRAME = 8                              # Whisper's 10 ms mel frames per 80 ms Mimi frame
 PROBE_WORDS = 50
+WARMUP = 100                                    # learning-rate warm-up steps of the distillation
+PACE_FROM = 20                                  # with a time limit, steps PACE_FROM..WARMUP time the pace
 SHARD_BYTES = 15 * 2**20                        # the GPU box returns files of at most 16 MiB
 
 
@@ -146,16 +148,23 @@ def teacher_targets(encoder, n_mels: int, audio24: np.ndarray, device: str) -> t
 
 # --- the student ----------------------------------------------------------------------------------
 
+def organism_mimi_config(cfg: Config) -> dict:
+    """The organism's Mimi architecture (organism.mimi_arch) as a moshi config dict."""
+    from .presets import small_mimi_config, standard_mimi_config
+
+    o = cfg.organism
+    if o.mimi_arch == "standard":
+        return standard_mimi_config()  # 32 codebooks, of which the organism reads (and trains) n_q
+    return small_mimi_config(o.n_q, o.card, o.mimi_filters, o.mimi_dim, o.mimi_layers, o.mimi_heads)
+
+
 def organism_mimi(cfg: Config, seed: int):
     """The organism's Mimi architecture with seeded random weights, and its config."""
     from moshi.models import loaders
 
-    from .presets import small_mimi_config
-
-    o = cfg.organism
     torch.manual_seed(seed)
-    config = small_mimi_config(o.n_q, o.card, o.mimi_filters, o.mimi_dim, o.mimi_layers, o.mimi_heads)
-    return loaders.get_mimi(None, config, num_codebooks=o.n_q), config
+    config = organism_mimi_config(cfg)
+    return loaders.get_mimi(None, config, num_codebooks=cfg.organism.n_q), config
 
 
 class Heads(torch.nn.Module):
@@ -193,8 +202,18 @@ def train_student(cfg: Config, mimi, heads: Heads, audio: torch.Tensor, states: 
     optimizer = torch.optim.AdamW(params + list(heads.parameters()), lr=o.distill_lr, weight_decay=0.01)
     mimi.train()
     start, losses = time.time(), []
+    planned = o.distill_steps
     bar = tqdm(range(o.distill_steps), desc="distilling Mimi", unit="step")
     for step in bar:
+        if step == PACE_FROM:
+            paced = time.time()
+        if step == WARMUP and o.distill_time_limit_s:
+            # Fit the cosine to the time limit, from the pace after the first (slower) steps, so a
+            # run the limit cuts short still anneals its learning rate and codebooks.
+            pace = (time.time() - paced) / (WARMUP - PACE_FROM)
+            left = o.distill_time_limit_s - (time.time() - start)
+            planned = min(o.distill_steps, WARMUP + max(1, int(0.97 * left / pace)))
+            bar.total = planned
         w = torch.randint(len(windows), (o.distill_batch_size,), generator=gen)
         s = torch.randint(WINDOW_FRAMES - crop + 1, (o.distill_batch_size,), generator=gen)
         x = torch.stack([windows[a, b * FRAME:(b + crop) * FRAME] for a, b in zip(w.tolist(), s.tolist())])
@@ -208,20 +227,22 @@ def train_student(cfg: Config, mimi, heads: Heads, audio: torch.Tensor, states: 
         rec_loss = (mel_pred - mel.to(device)).abs().mean()
         loss = sem_loss + rec_loss + o.distill_commitment * penalty.float()
         for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, o.distill_steps, o.distill_lr, warmup=100)
+            group["lr"] = warmup_cosine(step, planned, o.distill_lr, warmup=WARMUP)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        if step % 50 == 0 or step == o.distill_steps - 1:
+        if step % 50 == 0 or step == planned - 1:
             losses.append({"step": step, "semantic": round(sem_loss.item(), 4), "mel_l1": round(rec_loss.item(), 4),
                            "commitment": round(penalty.item(), 4)})
             bar.set_postfix(sem=losses[-1]["semantic"], mel=losses[-1]["mel_l1"])
+        if step + 1 == planned:
+            break
         if o.distill_time_limit_s and time.time() - start > o.distill_time_limit_s:
             print(f"distill_time_limit_s reached after {step + 1} steps")
             break
     mimi.eval()
-    return {"steps": step + 1, "seconds": round(time.time() - start, 1), "losses": losses}
+    return {"steps": step + 1, "planned_steps": planned, "seconds": round(time.time() - start, 1), "losses": losses}
 
 
 # --- figures --------------------------------------------------------------------------------------
@@ -409,7 +430,11 @@ def distill_figures(cfg: Config, device: str | None = None, streams: dict | None
         heads.load_state_dict(load_file(str(folder / "heads.safetensors")))
         heads = heads.to(device).eval()
     figures = {"run": json.loads((folder / "run.json").read_text()), "mimi": {}, "baseline": {}}
+    started = time.time()
     held = {split: stream_codes(mimi, heads, s[0], device, s[1], s[2]) for split, s in streams.items()}
+    # How fast this Mimi encodes (one 30 s window at a time, heads included): what packing costs.
+    encoded_s = sum(len(s[0]) for s in streams.values()) / SAMPLE_RATE
+    figures["encode_x_real_time"] = round(encoded_s / (time.time() - started), 1)
 
     def probe(codes: dict, codebooks: int) -> float:
         return round(word_probe(codes["train"], words["train"], codes["eval"], words["eval"], o.card, codebooks,

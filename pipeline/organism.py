@@ -26,11 +26,11 @@ import numpy as np
 
 from .config import Config
 from .constants import SAMPLE_RATE
-from .distill import distill_paths, load_shards
+from .distill import distill_paths, load_shards, organism_mimi_config
 from .errors import StageError
 from .io import atomic_dir
 from .labels import Word, digit_form
-from .presets import Preset, build_checkpoint, small_mimi_config
+from .presets import PRESETS, Preset, build_checkpoint
 
 
 def organism_paths(cfg: Config) -> dict[str, Path]:
@@ -41,10 +41,13 @@ def organism_paths(cfg: Config) -> dict[str, Path]:
 
 def organism_preset(cfg: Config) -> Preset:
     o = cfg.organism
+    # A standard Mimi is written as Kyutai's checkpoints name it, with no mimi_config: moshi-server
+    # builds Config::v0_1 and loads it (`invoke serve` refuses a checkpoint that names one).
+    standard = o.mimi_arch == "standard"
     return Preset(dim=o.dim, num_heads=o.num_heads, num_layers=o.num_layers, n_q=o.n_q, card=o.card,
-                  text_card=o.text_card, mimi=small_mimi_config(o.n_q, o.card, o.mimi_filters, o.mimi_dim, o.mimi_layers, o.mimi_heads),
-                  mimi_name="mimi-organism.safetensors", tokenizer_name="tokenizer_organism.model",
-                  fit_seconds=o.fit_seconds, kmeans_iters=10)
+                  text_card=o.text_card, mimi=None if standard else organism_mimi_config(cfg),
+                  mimi_name=PRESETS["server"].mimi_name if standard else "mimi-organism.safetensors",
+                  tokenizer_name="tokenizer_organism.model", fit_seconds=o.fit_seconds, kmeans_iters=10)
 
 
 def label_corpus(utterances) -> list[str]:

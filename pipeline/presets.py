@@ -59,8 +59,10 @@ class Preset:
     kmeans_iters: int
 
 
-def small_mimi_config(n_q: int, bins: int, filters: int = 4, dim: int = 32, layers: int = 1, heads: int = 2) -> dict:
-    """The real Mimi architecture (SEANet, transformer, split RVQ) at a small width."""
+def small_mimi_config(n_q: int, bins: int, filters: int = 4, dim: int = 32, layers: int = 1, heads: int = 2,
+                      feedforward: int | None = None) -> dict:
+    """The real Mimi architecture (SEANet, transformer, split RVQ) at a small width
+    (`feedforward`: the transformer's hidden width, 2 * dim unless given)."""
     seanet = {
         "channels": 1, "dimension": dim, "causal": True, "n_filters": filters, "n_residual_layers": 1,
         "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
@@ -70,12 +72,23 @@ def small_mimi_config(n_q: int, bins: int, filters: int = 4, dim: int = 32, laye
     transformer = {
         "d_model": dim, "num_heads": heads, "num_layers": layers, "causal": True, "layer_scale": 0.01,
         "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none",
-        "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 2 * dim,
+        "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": feedforward or 2 * dim,
         "input_dimension": dim, "output_dimensions": [dim],
     }
     quantizer = {"dimension": dim // 2, "n_q": n_q, "bins": bins, "input_dimension": dim, "output_dimension": dim}
     return {"sample_rate": SAMPLE_RATE, "channels": 1, "frame_rate": FRAME_RATE,
             "seanet": seanet, "quantizer": quantizer, "transformer": transformer}
+
+
+# Kyutai's Mimi (moshi's `loaders._mimi_config`, Rust's `mimi::Config::v0_1`): the only one
+# moshi-server builds. Its file holds all 32 codebooks; a model reads the first n_q of them.
+# tests/test_distill.py checks these numbers against moshi's own config.
+STANDARD_MIMI = {"n_q": 32, "bins": 2048, "filters": 64, "dim": 512, "layers": 8, "heads": 8, "feedforward": 2048}
+
+
+def standard_mimi_config() -> dict:
+    """The standard Mimi as a config dict (what moshi builds when given none)."""
+    return small_mimi_config(**STANDARD_MIMI)
 
 
 PRESETS: dict[str, Preset] = {

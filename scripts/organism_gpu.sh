@@ -5,6 +5,13 @@
 #                                    `invoke organism --config configs/organism.yaml --stage prepare-distill`);
 #                                    the Mimi's shards and figures.json land in $OUT: put them into
 #                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
+#   scripts/organism_gpu.sh distill+dataset [--set ...]
+#                                  the same, while the box's CPUs build the organism's dataset (espeak-ng
+#                                  only) and time it; `--set organism.mimi_arch=standard --set organism.card=2048`
+#                                  distills Kyutai's standard Mimi, whose shards are too big to come back
+#   scripts/organism_gpu.sh distill+dataset+pack SECONDS [--set ...]
+#                                  then packs that dataset with the new Mimi for at most SECONDS (the rate of
+#                                  the pack stage on the box: pack.log)
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
 #                                  steps; at the default 4,500 run `base`, then `lora`, as two calls)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
@@ -59,8 +66,24 @@ lora() {
 distill() {
   timeout "$1" python3 -m invoke organism --config configs/organism.yaml --stage distill "${@:2}" 2>&1 \
     | tr "\r" "\n" | tee $OUT/distill.log | grep -v "it/s\]$" | tail -30
-  cp artifacts/organism/distill/mimi/* $OUT/ || true
+  local mimi=artifacts/organism/distill/mimi
+  # The standard Mimi's shards (about 320 MB) cannot come back: then only its figures do.
+  if [ "$(du -sm $mimi | cut -f1)" -le 60 ]; then cp $mimi/* $OUT/ || true
+  else cp $mimi/*.json $OUT/ || true; fi
   date -u
+}
+pack() {  # the code pack of the box-built dataset with the distilled Mimi, for at most $1 s (its rate)
+  timeout "$1" python3 -m invoke organism --config configs/organism.yaml --stage pack --set data.out=organism/data-box \
+    "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "^\s*$" > $OUT/pack.log
+  grep -v "/s\]$" $OUT/pack.log | tail -5; grep "/s\]$" $OUT/pack.log | tail -3
+  date -u
+}
+dataset() {  # the organism's dataset built on the box: espeak-ng only (piper's wheels do not travel)
+  local start=$SECONDS
+  timeout "$1" python3 -m invoke data --config configs/organism.yaml --set data.piper_fraction=0 \
+    --set data.out=organism/data-box 2>&1 | tr "\r" "\n" | grep -v "utt/s\]$" | tail -5
+  echo "dataset on the box: $((SECONDS - start)) s, $(du -sh artifacts/organism/data-box | cut -f1)," \
+    "$(wc -l < artifacts/organism/data-box/train.jsonl) train utterances, $(nproc) CPU cores"
 }
 set_args() {  # KEY=VALUE,KEY=VALUE -> the array `args` of --set options
   local kv s
@@ -112,10 +135,16 @@ bases() {
 }
 case "$1" in
   distill) distill 420 "${@:2}" ;;
+  # the distillation with the dataset built beside it on the box's CPUs (how long the whole run on
+  # the box would spend on data): dataset.log comes back with the distillation's files
+  distill+dataset) dataset 400 > $OUT/dataset.log 2>&1 & distill 420 "${@:2}"; wait; cat $OUT/dataset.log ;;
+  # then packing that dataset with the new Mimi for $2 seconds (its rate on the box)
+  distill+dataset+pack) dataset 400 > $OUT/dataset.log 2>&1 & distill 420 "${@:3}"; wait; cat $OUT/dataset.log
+    pack "$2" "${@:3}" ;;
   all) base 430 && lora 140 ;;
   base) base 560 ;;
   lora) lora 560 ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|all|base|lora|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset[+pack]|all|base|lora|variants|bases" >&2; exit 2 ;;
 esac

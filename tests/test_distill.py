@@ -123,6 +123,33 @@ def test_the_organism_mimi_follows_its_config():
     assert json.loads(json.dumps(config)) == config
 
 
+def test_the_standard_mimi_is_kyutais_own_config():
+    """organism.mimi_arch=standard builds exactly the Mimi moshi builds with no config (the one
+    moshi-server builds, Config::v0_1), and the organism's checkpoint then names no mimi_config,
+    so `invoke serve` does not refuse it (pipeline.serve.unservable reads that key)."""
+    from moshi.models import loaders
+
+    from pipeline.organism import organism_preset
+    from pipeline.presets import lm_config
+
+    cfg = load_config(None, ["organism.mimi_arch=standard", "organism.card=2048", "organism.n_q=8"])
+    mimi, config = distill.organism_mimi(cfg, 0)
+    assert config == json.loads(json.dumps(loaders._mimi_config))
+    assert mimi.num_codebooks == 8 and mimi.cardinality == 2048
+    assert set(mimi.state_dict()) == set(loaders.get_mimi(None, num_codebooks=8).state_dict())
+    preset = organism_preset(cfg)
+    assert preset.mimi is None and "mimi_config_name" not in lm_config(preset, "organism", 0)
+    custom = organism_preset(load_config(None, []))
+    assert "mimi_config_name" in lm_config(custom, "organism", 0)
+
+
+def test_a_standard_mimi_with_another_codebook_size_is_refused():
+    with pytest.raises(Exception, match="organism.card=2048"):
+        load_config(None, ["organism.mimi_arch=standard", "organism.card=256"])
+    with pytest.raises(Exception, match="organism.mimi_arch"):
+        load_config(None, ["organism.mimi_arch=large"])
+
+
 def test_a_bad_mimi_source_is_refused():
     with pytest.raises(Exception, match="organism.mimi"):
         load_config(None, ["organism.mimi=wavlm"])
@@ -181,3 +208,30 @@ def test_the_distillation_learns_the_teacher_and_ships_a_complete_mimi(tmp_path)
     assert len(figures["mimi"]["perplexity_eval"]) == 4 and "word_probe_eval" in figures["baseline"]
     mimi, _ = distill.organism_mimi(cfg, 5)
     assert set(distill.load_shards(folder)) == set(mimi.state_dict())
+
+
+def test_a_time_limited_distillation_fits_its_schedule_to_the_limit(monkeypatch):
+    """With organism.distill_time_limit_s, the cosine is planned after the warm-up from the pace of
+    the steps so far, and the run ends on its planned last step (learning rate at its floor) before
+    the limit; without one, every step runs. A fake clock advances one second per reading."""
+    import itertools
+
+    clock = itertools.count()
+    monkeypatch.setattr(distill.time, "time", lambda: float(next(clock)))
+    cfg = load_config(None, ["organism.mimi_dim=32", "organism.mimi_heads=2", "organism.card=16", "organism.n_q=2",
+                             "organism.distill_steps=1000", "organism.distill_batch_size=2",
+                             "organism.distill_crop_seconds=0.4", "organism.distill_time_limit_s=160"])
+    torch.manual_seed(0)
+    audio = torch.randn(2 * distill.WINDOW_FRAMES * distill.FRAME) * 0.1
+    states = torch.randn(2, distill.WINDOW_FRAMES, 8)
+    mels = torch.randn(2, distill.WINDOW_FRAMES, 16)
+    mimi, config = distill.organism_mimi(cfg, 0)
+    heads = distill.Heads(config["seanet"]["dimension"], 8, 16)
+    lrs = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (lrs.append(self.param_groups[0]["lr"]),
+                                                                         step(self, *a, **k))[1])
+    run = distill.train_student(cfg, mimi, heads, audio, states, mels, "cpu")
+    assert distill.WARMUP < run["planned_steps"] < 1000 and run["steps"] == run["planned_steps"]
+    assert run["seconds"] <= 160
+    assert lrs[-1] < 1e-3 * cfg.organism.distill_lr  # annealed to the end
