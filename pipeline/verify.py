@@ -82,6 +82,9 @@ def format_report(report: dict, limit: int = 8) -> str:
                 details.append(f"  {part} {kind}: ... and {len(r[kind]) - limit} more")
         if r.get("load_error"):
             details.append(f"  {part} load error: {r['load_error']}")
+        if r.get("unread_codebooks"):
+            details.append(f"  {part}: {len(r['unread_codebooks'])} tensors of codebooks past the LM's n_q are not "
+                           "read (a standard Mimi file holds 32 codebooks; not a problem)")
     verdict = "OK: the checkpoint loads cleanly in Kyutai's Rust runtime" if report["ok"] else "FAILED"
     return "\n".join(rows + details + [verdict])
 

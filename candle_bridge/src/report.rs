@@ -35,6 +35,9 @@ pub struct PartReport {
     pub missing: Vec<String>,
     /// In the file but never asked for.
     pub unexpected: Vec<String>,
+    /// Mimi codebooks past the ones the LM reads: a standard Mimi file holds all 32 (Kyutai's
+    /// does) and a model with fewer codebooks reads the first `n_q`. Informational, not a problem.
+    pub unread_codebooks: Vec<String>,
     pub wrong_shape: Vec<WrongShape>,
     /// File tensors whose dtype is not `expected_dtype`.
     pub wrong_dtype: Vec<WrongDtype>,
@@ -71,6 +74,16 @@ pub struct TensorEntry {
 }
 
 impl PartReport {
+    /// Moves the unexpected tensors of codebooks `n_q..` (the acoustic quantizer's layers
+    /// `n_q - 1..`) to `unread_codebooks`.
+    pub fn set_aside_unread_codebooks(&mut self, n_q: usize) {
+        let (unread, unexpected) = std::mem::take(&mut self.unexpected)
+            .into_iter()
+            .partition(|name| is_unread_codebook(name, n_q));
+        self.unexpected = unexpected;
+        self.unread_codebooks = unread;
+    }
+
     /// No tensor problem of any kind and the model loaded.
     pub fn is_clean(&self) -> bool {
         self.missing.is_empty()
@@ -86,7 +99,8 @@ impl PartReport {
 pub fn check_checkpoint(dir: &Path, lm_dtype: DType) -> Result<CheckpointReport> {
     let ckpt = Checkpoint::open(dir)?;
     let lm = check_part(&ckpt.lm_file, lm_dtype, |vb| build_lm(&ckpt.lm, vb))?;
-    let mimi = check_part(&ckpt.mimi_file, DType::F32, |vb| build_mimi(&ckpt.mimi, vb))?;
+    let mut mimi = check_part(&ckpt.mimi_file, DType::F32, |vb| build_mimi(&ckpt.mimi, vb))?;
+    mimi.set_aside_unread_codebooks(ckpt.mimi.quantizer_n_q);
     let ok = lm.is_clean() && mimi.is_clean();
     Ok(CheckpointReport {
         checkpoint: dir.display().to_string(),
@@ -133,6 +147,18 @@ fn check_part<T>(
     Ok(report)
 }
 
+/// `quantizer.rvq_rest.vq.layers.{i}._codebook.*` with codebook `i + 1` (the first codebook is
+/// `rvq_first`'s) at or past `n_q`.
+fn is_unread_codebook(name: &str, n_q: usize) -> bool {
+    let Some((layer, tail)) = name
+        .strip_prefix("quantizer.rvq_rest.vq.layers.")
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return false;
+    };
+    tail.starts_with("_codebook.") && layer.parse::<usize>().is_ok_and(|i| i + 1 >= n_q)
+}
+
 fn compare(
     file: &Path,
     expected_dtype: DType,
@@ -155,6 +181,7 @@ fn compare(
             .filter(|n| !expected.contains_key(*n))
             .cloned()
             .collect(),
+        unread_codebooks: Vec::new(),
         wrong_shape: expected
             .iter()
             .filter_map(|(name, shape)| {

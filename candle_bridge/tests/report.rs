@@ -4,7 +4,7 @@ mod common;
 
 use candle::{DType, Tensor};
 use candle_bridge::{check_checkpoint, CheckpointReport, PartReport};
-use common::{edit_weights, lm_json, write_checkpoint, write_configs, write_weights, LM_FILE};
+use common::{edit_weights, lm_json, write_checkpoint, write_configs, write_weights, LM_FILE, MIMI_FILE};
 use tempfile::TempDir;
 
 fn clean_fixture(lm_dtype: DType) -> TempDir {
@@ -36,7 +36,7 @@ fn assert_clean(part: &PartReport) {
     );
     assert!(part.loaded, "load_error: {:?}", part.load_error);
     assert_eq!(part.load_error, None);
-    assert_eq!(part.expected_count, part.found_count);
+    assert_eq!(part.expected_count + part.unread_codebooks.len(), part.found_count);
     assert_eq!(part.tensors.len(), part.found_count);
 }
 
@@ -82,6 +82,46 @@ fn renamed_tensor_is_missing_and_unexpected() {
         .unwrap()
         .starts_with("not attempted"));
     assert_clean(&report.mimi);
+    assert!(!report.ok);
+}
+
+#[test]
+fn codebooks_past_the_ones_the_lm_reads_are_unread_not_unexpected() {
+    // A standard Mimi file holds 32 codebooks (Kyutai's does); an LM with n_q = 4 reads the first
+    // 4: rvq_first and rvq_rest layers 0..=2. Layers 3 and 4 of rvq_rest are codebooks 5 and 6.
+    let dir = clean_fixture(DType::BF16);
+    let prefix = "quantizer.rvq_rest.vq.layers.0._codebook.";
+    let (mut unread, mut stray) = (vec![], String::new());
+    edit_weights(&dir.path().join(MIMI_FILE), |tensors| {
+        let mut first: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        first.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(!first.is_empty());
+        for layer in [3, 4] {
+            for (name, t) in &first {
+                let copy = name.replace("layers.0.", &format!("layers.{layer}."));
+                unread.push(copy.clone());
+                tensors.insert(copy, t.clone());
+            }
+        }
+        stray = first[0].0.replace("layers.0.", "layers.2.") + "_stray";
+    });
+    unread.sort();
+    let report = check(&dir);
+    assert_eq!(report.mimi.unread_codebooks, unread);
+    assert_clean(&report.mimi);
+    assert!(report.ok);
+
+    // A stray tensor beside a codebook the LM does read stays a problem.
+    edit_weights(&dir.path().join(MIMI_FILE), |tensors| {
+        let t = tensors[&format!("{prefix}embedding_sum")].clone();
+        tensors.insert(stray.clone(), t);
+    });
+    let report = check(&dir);
+    assert_eq!(report.mimi.unexpected, vec![stray]);
     assert!(!report.ok);
 }
 
