@@ -176,17 +176,12 @@ def _spoken_stream(seconds: float, seed: int) -> tuple[np.ndarray, list]:
     return stream, [w for w in words if w[2] <= seconds]
 
 
-def test_the_distillation_learns_the_teacher_and_ships_a_complete_mimi(tmp_path):
-    """A CPU-sized run: the semantic loss falls, every figure is written, and the shards load
-    into the organism's Mimi with no tensor missing or extra."""
+def _prepare(cfg, tmp_path: Path) -> None:
+    """The distillation's carry, made from espeak-ng streams (30 s each) instead of a dataset."""
     from safetensors.torch import save_file
 
     from pipeline.data.whisper_model import dims_of, load_whisper
 
-    cfg = load_config(None, [f"artifacts={tmp_path}", "organism.out=o", "organism.mimi=distilled",
-                             "organism.mimi_dim=64", "organism.card=32", "organism.n_q=4",
-                             "organism.distill_steps=40", "organism.distill_batch_size=4",
-                             "organism.distill_crop_seconds=2", "organism.distill_lr=2e-3", "organism.fit_seconds=30"])
     prepared = distill.distill_paths(cfg)["prepared"]
     prepared.mkdir(parents=True)
     words = {}
@@ -198,6 +193,15 @@ def test_the_distillation_learns_the_teacher_and_ships_a_complete_mimi(tmp_path)
     save_file({k: v.half().contiguous() for k, v in whisper.encoder.state_dict().items()},
               str(prepared / "whisper-encoder.safetensors"), metadata={"dims": json.dumps(dims_of(whisper))})
 
+
+def test_the_distillation_learns_the_teacher_and_ships_a_complete_mimi(tmp_path):
+    """A CPU-sized run: the semantic loss falls, every figure is written, and the shards load
+    into the organism's Mimi with no tensor missing or extra."""
+    cfg = load_config(None, [f"artifacts={tmp_path}", "organism.out=o", "organism.mimi=distilled",
+                             "organism.mimi_dim=64", "organism.card=32", "organism.n_q=4",
+                             "organism.distill_steps=40", "organism.distill_batch_size=4",
+                             "organism.distill_crop_seconds=2", "organism.distill_lr=2e-3", "organism.fit_seconds=30"])
+    _prepare(cfg, tmp_path)
     folder = distill.distill_mimi(cfg, "cpu")
     losses = json.loads((folder / "run.json").read_text())["losses"]
     assert losses[-1]["semantic"] < losses[0]["semantic"] - 0.05
@@ -235,3 +239,33 @@ def test_a_time_limited_distillation_fits_its_schedule_to_the_limit(monkeypatch)
     assert distill.WARMUP < run["planned_steps"] < 1000 and run["steps"] == run["planned_steps"]
     assert run["seconds"] <= 160
     assert lrs[-1] < 1e-3 * cfg.organism.distill_lr  # annealed to the end
+
+
+def test_a_distilled_standard_mimi_makes_an_organism_kyutais_runtime_loads(tmp_path):
+    """organism.mimi_arch=standard, two distillation steps: the organism's checkpoint holds
+    Kyutai's Mimi under Kyutai's name, its export passes the Rust tensor report (the 24 codebooks
+    past n_q = 8 unread) and moshi-server is not refused it."""
+    from pipeline.export import export
+    from pipeline.organism import organism_preset
+    from pipeline.presets import build_checkpoint
+    from pipeline.serve import unservable
+    from pipeline.verify import candle_report
+
+    cfg = load_config(None, [f"artifacts={tmp_path}", "organism.out=o", "organism.mimi=distilled",
+                             "organism.mimi_arch=standard", "organism.card=2048", "organism.n_q=8",
+                             "organism.dim=32", "organism.num_layers=1", "organism.num_heads=2",
+                             "organism.text_card=500", "organism.distill_steps=2", "organism.distill_batch_size=1",
+                             "organism.distill_crop_seconds=0.4", "organism.fit_seconds=30"])
+    _prepare(cfg, tmp_path)
+    folder = distill.distill_mimi(cfg, "cpu")
+    figures = json.loads((folder / "figures.json").read_text())
+    assert len(figures["mimi"]["perplexity_eval"]) == 8 and figures["encode_x_real_time"] > 0
+    init = build_checkpoint(organism_preset(cfg), "organism", tmp_path / "init", 0,
+                            mimi_state=distill.load_shards(folder))
+    config = json.loads((init / "config.json").read_text())
+    assert "mimi_config_name" not in config and config["mimi_name"].startswith("mimi-pytorch-")
+    out = export(init, tmp_path / "export", device="cpu")
+    report = candle_report(out, "bf16")
+    assert report["ok"], (report["lm"]["unexpected"][:3], report["mimi"]["unexpected"][:3])
+    assert len(report["mimi"]["unread_codebooks"]) == 3 * (32 - 8)
+    assert unservable(out) is None
