@@ -67,7 +67,7 @@ distill() {
   timeout "$1" python3 -m invoke organism --config configs/organism.yaml --stage distill "${@:2}" 2>&1 \
     | tr "\r" "\n" | tee $OUT/distill.log | grep -v "it/s\]$" | tail -30
   local mimi=artifacts/organism/distill/mimi
-  # The standard Mimi's shards (about 320 MB) cannot come back: then only its figures do.
+  # The standard Mimi's shards (about 190 MB in bf16) cannot come back: then only its figures do.
   if [ "$(du -sm $mimi | cut -f1)" -le 60 ]; then cp $mimi/* $OUT/ || true
   else cp $mimi/*.json $OUT/ || true; fi
   date -u
