@@ -5,13 +5,12 @@
 #                                    `invoke organism --config configs/organism.yaml --stage prepare-distill`);
 #                                    the Mimi's shards and figures.json land in $OUT: put them into
 #                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
-#   scripts/organism_gpu.sh distill+dataset [--set ...]
-#                                  the same, while the box's CPUs build the organism's dataset (espeak-ng
-#                                  only) and time it; `--set organism.mimi_arch=standard --set organism.card=2048`
-#                                  distills Kyutai's standard Mimi, whose shards are too big to come back
 #   scripts/organism_gpu.sh distill+dataset+pack SECONDS [--set ...]
-#                                  then packs that dataset with the new Mimi for at most SECONDS (the rate of
-#                                  the pack stage on the box: pack.log)
+#                                  the same, while the box's CPUs build the organism's dataset (espeak-ng
+#                                  only) and time it, then packs that dataset with the new Mimi for at most
+#                                  SECONDS (the pack's rate on the box: pack.log); `--set organism.mimi_arch=standard
+#                                  --set organism.card=2048` distills Kyutai's standard Mimi, whose shards are too
+#                                  big to come back
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
 #                                  steps; at the default 4,500 run `base`, then `lora`, as two calls)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
@@ -136,9 +135,7 @@ bases() {
 case "$1" in
   distill) distill 420 "${@:2}" ;;
   # the distillation with the dataset built beside it on the box's CPUs (how long the whole run on
-  # the box would spend on data): dataset.log comes back with the distillation's files
-  distill+dataset) dataset 400 > $OUT/dataset.log 2>&1 & distill 420 "${@:2}"; wait; cat $OUT/dataset.log ;;
-  # then packing that dataset with the new Mimi for $2 seconds (its rate on the box)
+  # the box would spend on data), then packing that dataset with the new Mimi for $2 seconds
   distill+dataset+pack) dataset 400 > $OUT/dataset.log 2>&1 & distill 420 "${@:3}"; wait; cat $OUT/dataset.log
     pack "$2" "${@:3}" ;;
   all) base 430 && lora 140 ;;
@@ -146,5 +143,5 @@ case "$1" in
   lora) lora 560 ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset[+pack]|all|base|lora|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|all|base|lora|variants|bases" >&2; exit 2 ;;
 esac
