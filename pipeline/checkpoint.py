@@ -14,13 +14,14 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from .constants import DEFAULT_TEXT_DELAY, FRAME_RATE
 from .errors import StageError
 from .io import atomic_dir
+
+if TYPE_CHECKING:  # merge and export open checkpoints without importing torch
+    import torch
 
 SAFE_WEIGHTS = (".safetensors", ".sft", ".sfts")
 # PyTorch moshi names -> the legacy names that Kyutai's files (and the Rust crate) use.
@@ -127,10 +128,12 @@ class Checkpoint:
                              "an STT checkpoint has dep_q = 0")
         return info
 
-    def load_lm(self, device: str = "cpu", dtype: torch.dtype = torch.float32, **overrides):
-        """The STT language model, strictly loaded by moshi's `get_moshi_lm`.
-        `overrides` go to moshi's `lm_kwargs_overrides` (e.g. gradient_checkpointing=True)."""
-        return self.info.get_moshi(device=device, dtype=dtype, lm_kwargs_overrides=overrides)
+    def load_lm(self, device: str = "cpu", dtype: torch.dtype | None = None, **overrides):
+        """The STT language model, strictly loaded by moshi's `get_moshi_lm` (float32 unless
+        `dtype`). `overrides` go to moshi's `lm_kwargs_overrides` (e.g. gradient_checkpointing=True)."""
+        import torch
+
+        return self.info.get_moshi(device=device, dtype=dtype or torch.float32, lm_kwargs_overrides=overrides)
 
     def load_mimi(self, device: str = "cpu"):
         """The checkpoint's Mimi with as many codebooks as the LM reads."""
@@ -146,13 +149,13 @@ def write_checkpoint(out_dir: Path, state: dict[str, torch.Tensor] | Callable[[P
     """A checkpoint directory holding `state` (PyTorch or legacy names: stored under the legacy
     ones Kyutai's files use; or a function that writes the LM file at the path it is given) and
     `config`, with the Mimi, its config and the tokenizer copied from checkpoint `source`. Atomic."""
-    from safetensors.torch import save_file
-
     files = Checkpoint.of(source).files
     with atomic_dir(out_dir) as tmp:
         if callable(state):
             state(tmp / lm_name)
         else:
+            from safetensors.torch import save_file
+
             save_file(to_legacy_names({k: v.contiguous() for k, v in state.items()}), str(tmp / lm_name))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for key in ("mimi", "tokenizer", "mimi_config"):

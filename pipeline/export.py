@@ -24,11 +24,9 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from .checkpoint import Checkpoint, legacy_name
 from .errors import StageError
-from .io import SafetensorsFile, atomic_dir, cast_specs, sha256_file, write_safetensors
+from .io import Rewrite, SafetensorsFile, atomic_dir, cast_specs, rewrite_safetensors, sha256_file
 from .merge import LoraMerge
 
 MANIFEST = "manifest.json"
@@ -39,17 +37,14 @@ class ExportError(StageError):
     """A checkpoint that cannot be exported, or an exported directory that was altered."""
 
 
-def _write_rust_tensors(src: Path, dst: Path, dtype: torch.dtype | None, merger: LoraMerge | None = None) -> str:
+def _write_rust_tensors(src: Path, dst: Path, dtype: str | None, merger: LoraMerge | None = None) -> str:
     """`src` under Kyutai's tensor names (floats cast to `dtype` unless None), tensor by tensor;
     with `merger`, its LoRA folded in on the way. Returns the written file's sha256."""
     with SafetensorsFile(src) as f:
         specs = cast_specs(f, dtype, [k for k in f.keys() if not k.startswith("depformer_in.")])
-        if merger is None:
-            tensors = ((k, f.get_tensor(k).to(want)) for k, (want, _) in specs.items())
-        else:
-            tensors = merger.tensors(f, specs)
-        return write_safetensors(dst, {legacy_name(k): spec for k, spec in specs.items()},
-                                 ((legacy_name(k), t) for k, t in tensors))
+    if merger is not None:
+        return merger.rewrite(src, dst, specs)
+    return rewrite_safetensors(src, dst, [Rewrite(legacy_name(k), k, *spec) for k, spec in specs.items()])[0]
 
 
 SERVER_BATCH = {"cuda": 64, "cpu": 1}  # slots per device when export.batch_size is 0
@@ -137,7 +132,7 @@ def export(src: Checkpoint | Path, out: Path, batch_size: int = 0, adapter: Path
     batch_size = batch_size or SERVER_BATCH[device]
     with atomic_dir(out) as tmp:
         # The two weight files are hashed as they are written: one read of the base, one write.
-        hashes = {files["lm"].name: _write_rust_tensors(files["lm"], tmp / files["lm"].name, torch.bfloat16, merger),
+        hashes = {files["lm"].name: _write_rust_tensors(files["lm"], tmp / files["lm"].name, "BF16", merger),
                   files["mimi"].name: _write_rust_tensors(files["mimi"], tmp / files["mimi"].name, None)}
         shutil.copyfile(files["tokenizer"], tmp / files["tokenizer"].name)
         if "mimi_config" in files:

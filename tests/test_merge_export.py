@@ -1,5 +1,6 @@
 """merge and export on the tiny checkpoint: exact math, strict loading, Rust names, manifest."""
 
+import copy
 import json
 import tomllib
 
@@ -160,3 +161,24 @@ def test_one_pass_export_equals_merge_then_export(tiny_ckpt, adapter, tmp_path):
     assert manifest["merged"]["tensors_updated"] == two_pass.tensors_updated
     assert manifest["merged"]["kept_fraction"] == pytest.approx(two_pass.kept_fraction)
     assert check_manifest(one_pass) == []
+
+
+def test_ft_embed_tables_replace_the_bases_and_every_other_weight_is_merged(tiny_ckpt, adapter, tmp_path):
+    """With ft_embed the adapter carries whole embedding tables: the merged file holds them in
+    the base's dtype; the LoRA pairs are merged as without them."""
+    lm = copy.deepcopy(adapter[1])  # the fixture's model is shared with other tests
+    with torch.no_grad():
+        for name, param in lm.named_parameters():
+            if name.startswith("text_emb."):
+                param.add_(0.5)  # a table that differs from the base's
+    out = tmp_path / "ft"
+    save_adapter(out, lm, Checkpoint.open(tiny_ckpt).info.raw_config, RANK, SCALING, ft_embed=True)
+    tables = {k: v for k, v in load_file(str(out / "lora.safetensors")).items() if ".lora_" not in k}
+    assert "text_emb.weight" in tables
+    report = merge(tiny_ckpt, out, tmp_path / "m")
+    merged = load_file(str(tmp_path / "m" / "model.safetensors"))
+    base = load_file(str(Checkpoint.open(tiny_ckpt).files["lm"]))
+    for key, table in tables.items():
+        assert torch.equal(merged[key], table.to(base[key].dtype)), key
+    assert not torch.equal(merged["text_emb.weight"], base["text_emb.weight"])
+    assert report.tensors_updated == 2 * 4 + 1 + 4

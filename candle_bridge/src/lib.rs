@@ -22,6 +22,7 @@ mod server_streaming;
 mod step_timing;
 mod streaming;
 mod transformer_keys;
+mod weights;
 
 #[cfg(feature = "python")]
 mod python;
@@ -39,7 +40,8 @@ pub use recorder::{record_requests, Requests};
 pub use report::{
     check_checkpoint, CheckpointReport, PartReport, TensorEntry, WrongDtype, WrongShape,
 };
-pub use safetensors_header::{read_tensor_index, TensorInfo};
+pub use safetensors_header::{read_layout, read_tensor_index, Layout, TensorInfo};
 pub use server_streaming::{ServerStep, ServerStreamer, WordEvent, WARMUP_FRAMES};
 pub use step_timing::{time_server_steps, StepTimes};
 pub use streaming::{Step, Streamer};
+pub use weights::{rewrite, Entry, Rewritten, Source};

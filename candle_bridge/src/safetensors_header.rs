@@ -1,5 +1,5 @@
-//! Reads the tensor index of a safetensors file (names, shapes, dtypes) from its JSON header
-//! only, so inspecting a multi-GB checkpoint reads a few kilobytes.
+//! Reads the tensor index of a safetensors file (names, shapes, dtypes, where each tensor's bytes
+//! are) from its JSON header only, so inspecting a multi-GB checkpoint reads a few kilobytes.
 
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
@@ -17,14 +17,30 @@ pub struct TensorInfo {
     pub dtype: String,
 }
 
+/// A file's tensors with where their bytes are: `data_start` + `offsets` (end exclusive).
+pub struct Layout {
+    pub data_start: u64,
+    pub tensors: BTreeMap<String, (TensorInfo, [u64; 2])>,
+}
+
 #[derive(Deserialize)]
 struct RawEntry {
     dtype: String,
     shape: Vec<usize>,
+    data_offsets: [u64; 2],
 }
 
 /// Tensor name -> info, sorted by name.
 pub fn read_tensor_index(path: &Path) -> Result<BTreeMap<String, TensorInfo>> {
+    Ok(read_layout(path)?
+        .tensors
+        .into_iter()
+        .map(|(name, (info, _))| (name, info))
+        .collect())
+}
+
+/// The whole index, with each tensor's byte range.
+pub fn read_layout(path: &Path) -> Result<Layout> {
     let not_safetensors =
         |why: String| anyhow!("{}: not a safetensors file ({why})", path.display());
     let mut file =
@@ -45,18 +61,20 @@ pub fn read_tensor_index(path: &Path) -> Result<BTreeMap<String, TensorInfo>> {
         serde_json::from_slice(&header).map_err(|e| not_safetensors(e.to_string()))?;
     // The only non-tensor key safetensors allows.
     entries.remove("__metadata__");
-    entries
+    let tensors = entries
         .into_iter()
         .map(|(name, value)| {
             let raw: RawEntry = serde_json::from_value(value)
                 .map_err(|e| not_safetensors(format!("entry {name:?}: {e}")))?;
-            Ok((
-                name,
-                TensorInfo {
-                    shape: raw.shape,
-                    dtype: raw.dtype.to_lowercase(),
-                },
-            ))
+            let info = TensorInfo {
+                shape: raw.shape,
+                dtype: raw.dtype.to_lowercase(),
+            };
+            Ok((name, (info, raw.data_offsets)))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Layout {
+        data_start: 8 + len,
+        tensors,
+    })
 }
