@@ -407,12 +407,36 @@ def distill_mimi(cfg: Config, device: str | None = None) -> Path:
     return paths["mimi"]
 
 
+def _code_figures(codes: dict, words: dict, card: int, n_q: int, device: str) -> dict:
+    """Codebook perplexity on the held-out stream and the word probe (all codebooks, the first alone)."""
+    def probe(codebooks: int) -> float:
+        return round(word_probe(codes["train"], words["train"], codes["eval"], words["eval"], card, codebooks,
+                                device), 4)
+
+    return {"perplexity_eval": perplexity(codes["eval"], card), "word_probe_eval": probe(n_q),
+            "word_probe_eval_first_codebook": probe(1)}
+
+
+def baseline_figures(cfg: Config, device: str | None = None, streams: dict | None = None) -> dict:
+    """The figures of the Mimi the distilled one replaces: the same architecture with random
+    weights, codebooks fitted by k-means on `organism.fit_seconds` of the training stream."""
+    from .presets import fit_mimi_codebooks
+
+    paths, o = distill_paths(cfg), cfg.organism
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    streams = streams or _streams(paths["prepared"], device, teacher=False)
+    words = json.loads((paths["prepared"] / "words.json").read_text())
+    baseline, _ = organism_mimi(cfg, o.seed + 1)
+    baseline = baseline.to(device).eval()
+    fit_mimi_codebooks(baseline, streams["train"][0][: int(o.fit_seconds * SAMPLE_RATE)].cpu().numpy(), 10, o.seed)
+    codes = {split: stream_codes(baseline, None, s[0], device)["codes"] for split, s in streams.items()}
+    return _code_figures(codes, words, o.card, o.n_q, device)
+
+
 def distill_figures(cfg: Config, device: str | None = None, streams: dict | None = None) -> Path:
     """figures.json of the distilled Mimi (held-out streams) beside the k-means Mimi it replaces.
     The semantic and mel figures need the training heads (heads.safetensors) and the teacher."""
     from safetensors.torch import load_file
-
-    from .presets import fit_mimi_codebooks
 
     paths = distill_paths(cfg)
     folder, o = paths["mimi"], cfg.organism
@@ -436,26 +460,15 @@ def distill_figures(cfg: Config, device: str | None = None, streams: dict | None
     encoded_s = sum(len(s[0]) for s in streams.values()) / SAMPLE_RATE
     figures["encode_x_real_time"] = round(encoded_s / (time.time() - started), 1)
 
-    def probe(codes: dict, codebooks: int) -> float:
-        return round(word_probe(codes["train"], words["train"], codes["eval"], words["eval"], o.card, codebooks,
-                                device), 4)
-
     codes = {split: h["codes"] for split, h in held.items()}
-    figures["mimi"] = {"perplexity_eval": perplexity(codes["eval"], o.card), "word_probe_eval": probe(codes, o.n_q),
-                       "word_probe_eval_first_codebook": probe(codes, 1)}
+    figures["mimi"] = _code_figures(codes, words, o.card, o.n_q, device)
     if heads is not None:
         mean_mel = streams["train"][2].float().mean((0, 1))
         figures["mimi"].update(
             semantic_cosine_eval=round(held["eval"]["semantic_cosine"], 4), mel_l1_eval=round(held["eval"]["mel_l1"], 4),
             mel_l1_eval_of_the_mean=round(float((streams["eval"][2].float() - mean_mel).abs().mean()), 4))
     print(json.dumps(figures["mimi"]), flush=True)
-    # The Mimi it replaces: random weights, codebooks fitted by k-means on the same speech.
-    baseline, _ = organism_mimi(cfg, o.seed + 1)
-    baseline = baseline.to(device).eval()
-    fit_mimi_codebooks(baseline, streams["train"][0][: int(o.fit_seconds * SAMPLE_RATE)].cpu().numpy(), 10, o.seed)
-    base = {split: stream_codes(baseline, None, s[0], device)["codes"] for split, s in streams.items()}
-    figures["baseline"] = {"perplexity_eval": perplexity(base["eval"], o.card), "word_probe_eval": probe(base, o.n_q),
-                           "word_probe_eval_first_codebook": probe(base, 1)}
+    figures["baseline"] = baseline_figures(cfg, device, streams)
     figures["streams_s"] = {split: round(len(s[0]) / SAMPLE_RATE) for split, s in streams.items()}
     figures["probe_words"] = {split: len(w) for split, w in words.items()}
     figures["figures_device"] = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"

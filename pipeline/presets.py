@@ -251,8 +251,9 @@ MIN_LATENTS_PER_CODE = 16  # fewer and k-means memorises the data: deep residual
 
 
 def _gaussian_codebook(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Random centroids with the data's mean and spread: well separated in high dimension."""
-    return x.mean(0) + x.std(0) * torch.randn(k, x.shape[1], generator=gen)
+    """Random centroids with the data's mean and spread: well separated in high dimension. Drawn
+    on the generator's device (the CPU), then moved to the data's (a Mimi fitted on a GPU)."""
+    return x.mean(0) + x.std(0) * torch.randn(k, x.shape[1], generator=gen).to(x.device)
 
 
 @torch.no_grad()

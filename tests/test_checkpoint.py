@@ -163,3 +163,15 @@ def test_heads_can_be_grafted_onto_a_checkpoint_without_them(tiny_ckpt, tmp_path
     assert torch.equal(grafted["extra_heads.2.weight"], donor["extra_heads.2.weight"])
     assert torch.equal(grafted["text_linear.weight"], state["text_linear.weight"])
     assert len(Checkpoint.open(out).load_lm().extra_heads) == 4  # strict moshi load
+
+
+def test_codebooks_for_a_mimi_on_another_device_are_drawn_there():
+    """The GPU box fits the baseline Mimi's codebooks on CUDA with a CPU generator (a crash on
+    2026-12-06); the 'meta' device stands in for CUDA here: mixing devices fails the same way."""
+    import torch
+
+    from pipeline.presets import _gaussian_codebook
+
+    latents = torch.randn(100, 4).to("meta")
+    centroids = _gaussian_codebook(latents, 8, torch.Generator().manual_seed(0))
+    assert centroids.device.type == "meta" and centroids.shape == (8, 4)
