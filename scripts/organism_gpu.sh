@@ -9,8 +9,11 @@
 #                                  the same, while the box's CPUs build the organism's dataset (espeak-ng
 #                                  only) and time it, then packs that dataset with the new Mimi for at most
 #                                  SECONDS (the pack's rate on the box: pack.log); `--set organism.mimi_arch=standard
-#                                  --set organism.card=2048` distills Kyutai's standard Mimi, whose shards are too
-#                                  big to come back
+#                                  --set organism.card=2048` distills Kyutai's standard Mimi, whose shards come
+#                                  back over several calls (`shards N`, below)
+#   scripts/organism_gpu.sh shards N
+#                                  on the warm box, the distilled Mimi's shards N..N+3 (4 a call: the box returns
+#                                  8 files of at most 16 MiB); put them into artifacts/organism/distill/mimi/
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
 #                                  steps; at the default 4,500 run `base`, then `lora`, as two calls)
 #   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
@@ -66,71 +69,17 @@ distill() {
   timeout "$1" python3 -m invoke organism --config configs/organism.yaml --stage distill "${@:2}" 2>&1 \
     | tr "\r" "\n" | tee $OUT/distill.log | grep -v "it/s\]$" | tail -30
   local mimi=artifacts/organism/distill/mimi
-  # The standard Mimi's shards (about 190 MB in bf16) cannot come back: then only its figures do.
+  # The standard Mimi's shards (about 190 MB in bf16) do not fit one call: then its figures come
+  # back, and its shards over the next calls on the warm box (`shards N`).
   if [ "$(du -sm $mimi | cut -f1)" -le 60 ]; then cp $mimi/* $OUT/ || true
-  else cp $mimi/*.json $OUT/ || true; fi
+  else cp $mimi/*.json $OUT/ || true; ls $mimi; fi
   date -u
 }
-pack() {  # the code pack of the box-built dataset with the distilled Mimi, for at most $1 s (its rate)
-  timeout "$1" python3 -m invoke organism --config configs/organism.yaml --stage pack --set data.out=organism/data-box \
-    "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "^\s*$" > $OUT/pack.log
-  grep -v "/s\]$" $OUT/pack.log | tail -5; grep "/s\]$" $OUT/pack.log | tail -3
-  date -u
-}
-dataset() {  # the organism's dataset built on the box: espeak-ng only (piper's wheels do not travel)
-  local start=$SECONDS
-  timeout "$1" python3 -m invoke data --config configs/organism.yaml --set data.piper_fraction=0 \
-    --set data.out=organism/data-box 2>&1 | tr "\r" "\n" | grep -v "utt/s\]$" | tail -5
-  echo "dataset on the box: $((SECONDS - start)) s, $(du -sh artifacts/organism/data-box | cut -f1)," \
-    "$(wc -l < artifacts/organism/data-box/train.jsonl) train utterances, $(nproc) CPU cores"
-}
-set_args() {  # KEY=VALUE,KEY=VALUE -> the array `args` of --set options
-  local kv s
-  args=()
-  IFS=, read -ra kv <<< "$1"
-  for s in "${kv[@]}"; do args+=(--set "$s"); done
-}
-variants() {
-  mkdir -p artifacts/organism/runs
-  for spec in "$@"; do
-    local name=${spec%%=*} args
-    set_args "${spec#*=}"
-    (run=artifacts/organism/runs/$name
-     timeout 480 python3 -m invoke train --config configs/organism.yaml --set train.data=organism/train.pack.safetensors \
-       --set "train.out=organism/runs/$name" "${args[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" > "$run.log"
-     echo "$name: $(tail -1 "$run.log")"; cp "$run.log" "$run/train.log"
-     tar -C "$run" -cJf "$OUT/$name.tar.xz" --exclude="mimi*" --exclude="tokenizer*" final metrics.jsonl train.log) &
-  done
-  wait
-  date -u
-}
-bases() {
-  for spec in "$@"; do
-    local name=${spec%%=*} rest=${spec#*=} pack=artifacts/organism/train.pack.safetensors only=()
-    [[ $rest == *@* ]] && pack=${rest##*@} && rest=${rest%@*}
-    # @recorded: the carried pack's clips as recorded, without its augmented copies (base and fine-tune)
-    [ "$pack" = recorded ] && pack=artifacts/organism/train.pack.safetensors && only=(--set train.augmented=false)
-    local steps=${rest%%:*} sets=${rest#*:} args
-    [ "$sets" = "$rest" ] && sets=""
-    set_args "$sets"
-    (root=artifacts/organism-$name
-     mkdir -p "$root" && cp -r artifacts/organism/init "$root/" && cp "$pack" "$root/train.pack.safetensors"
-     timeout 540 python3 -m invoke organism --config configs/organism.yaml --set "organism.out=organism-$name" \
-       --set "organism.steps=$steps" --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 \
-       "${only[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" > "$root/base.log"
-     echo "$name base: $(tail -1 "$root/base.log")"
-     cp "$root/base.log" "$root/run/"
-     tar -C "$root" -cJf "$OUT/$name-base.tar.xz" --exclude="mimi*" --exclude="tokenizer*" model run/metrics.jsonl run/base.log
-     [ "$sets" = none ] && exit 0
-     timeout 300 python3 -m invoke train --config configs/organism.yaml --set "model.source=$root/model" \
-       --set "train.data=organism-$name/train.pack.safetensors" --set "train.out=organism-$name/runs/lora" \
-       --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 "${only[@]}" "${args[@]}" 2>&1 \
-       | tr "\r" "\n" | grep -v "step/s" > "$root/lora.log"
-     echo "$name lora: $(tail -1 "$root/lora.log")"; cp "$root/lora.log" "$root/runs/lora/train.log"
-     tar -C "$root/runs/lora" -cJf "$OUT/$name-lora.tar.xz" final metrics.jsonl train.log) &
-  done
-  wait
-  date -u
+shards() {  # shards N: the Mimi's shards N, N+1, ... (and heads.safetensors last), 4 a call:
+            # the box returns 8 files of at most 16 MiB, 64 MiB in all; shards are 15 MiB
+  local files=(artifacts/organism/distill/mimi/mimi-*.safetensors artifacts/organism/distill/mimi/heads.safetensors)
+  cp "${files[@]:$1:4}" $OUT/ && ls $OUT
+  [ $(($1 + 4)) -lt ${#files[@]} ] && echo "next: scripts/organism_gpu.sh shards $(($1 + 4)) (${#files[@]} files)"
 }
 case "$1" in
   distill) distill 420 "${@:2}" ;;
@@ -141,7 +90,8 @@ case "$1" in
   all) base 430 && lora 140 ;;
   base) base 560 ;;
   lora) lora 560 ;;
+  shards) shards "$2" ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|all|base|lora|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|shards|all|base|lora|variants|bases" >&2; exit 2 ;;
 esac
