@@ -279,8 +279,13 @@ def rewrite_safetensors(src: str | Path, dst: str | Path, entries: Sequence[Rewr
 
     The bytes are done by `candle_bridge.rewrite_safetensors` (candle_bridge/src/weights.rs): on
     the project's 2-core box the same loop in PyTorch took 4.5x a plain copy of a 1B model."""
-    import candle_bridge
+    try:
+        import candle_bridge
+    except ImportError:
+        from .errors import StageError
 
+        raise StageError("the candle_bridge extension is not built, and merge and export write weights with it; "
+                         "run `bash bootstrap.sh --no-run` (or `pip install -e .`) to build it") from None
     header = safetensors_header({e.name: (e.dtype, e.shape) for e in entries})
     sha256, *sums = candle_bridge.rewrite_safetensors(
         str(src), str(dst), header, [(e.name, e.key, e.dtype.lower(), e.kind, e.a, e.b) for e in entries],

@@ -244,3 +244,15 @@ def test_safetensors_file_reads_what_safetensors_writes_without_a_memory_map(tmp
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(ValueError, match="junk.safetensors: not a readable .safetensors file"):
         SafetensorsFile(tmp_path / "junk.safetensors")
+
+
+def test_rewrite_without_the_extension_says_how_to_build_it(tmp_path, monkeypatch):
+    import sys
+
+    from pipeline.errors import StageError
+    from pipeline.io import rewrite_safetensors
+
+    monkeypatch.setitem(sys.modules, "candle_bridge", None)  # an import of it now fails
+    with pytest.raises(StageError, match="candle_bridge extension is not built.*bootstrap.sh"):
+        rewrite_safetensors(tmp_path / "a.safetensors", tmp_path / "b.safetensors", [])
+    assert not (tmp_path / "b.safetensors").exists()
