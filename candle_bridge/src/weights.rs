@@ -435,47 +435,40 @@ impl Fused {
 
     #[inline(always)]
     fn run_any(self, stored: &[u8], update: &[f32], out: &mut [u8], cols: usize) -> [f64; 3] {
-        use bytemuck::{cast_slice, cast_slice_mut};
-        let bf16 = |v: f32| f32_to_bf16(v);
-        let same = |v: f32| v;
         match self {
-            Self::Bf16ToBf16 => fused(
-                cast_slice::<u8, u16>(stored),
-                update,
-                cast_slice_mut::<u8, u16>(out),
-                cols,
-                bf16_to_f32,
-                bf16,
-                bf16_to_f32,
-            ),
-            Self::Bf16ToF32 => fused(
-                cast_slice::<u8, u16>(stored),
-                update,
-                cast_slice_mut::<u8, f32>(out),
-                cols,
-                bf16_to_f32,
-                same,
-                same,
-            ),
-            Self::F32ToBf16 => fused(
-                cast_slice::<u8, f32>(stored),
-                update,
-                cast_slice_mut::<u8, u16>(out),
-                cols,
-                same,
-                bf16,
-                bf16_to_f32,
-            ),
-            Self::F32ToF32 => fused(
-                cast_slice::<u8, f32>(stored),
-                update,
-                cast_slice_mut::<u8, f32>(out),
-                cols,
-                same,
-                same,
-                same,
-            ),
+            Self::Bf16ToBf16 => fused::<u16, u16>(stored, update, out, cols),
+            Self::Bf16ToF32 => fused::<u16, f32>(stored, update, out, cols),
+            Self::F32ToBf16 => fused::<f32, u16>(stored, update, out, cols),
+            Self::F32ToF32 => fused::<f32, f32>(stored, update, out, cols),
         }
+    }
+}
+
+/// A stored float the fused merge reads or writes: bf16 (its bits, as u16) or f32.
+trait Stored: bytemuck::Pod {
+    fn widen(self) -> f32;
+    fn round(value: f32) -> Self;
+}
+
+impl Stored for u16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        bf16_to_f32(self)
+    }
+    #[inline(always)]
+    fn round(value: f32) -> Self {
+        f32_to_bf16(value)
+    }
+}
+
+impl Stored for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn round(value: f32) -> Self {
+        value
     }
 }
 
@@ -484,15 +477,14 @@ const LANES: usize = 16; // independent partial sums, so the loop vectorizes
 /// out = round(w + u) for each element; returns the squared norms of u, round(w + u) - w and
 /// round(w + u) - (w + u). Partial sums are float32 within a row, float64 across rows.
 #[inline(always)]
-fn fused<W: Copy, O: Copy>(
-    stored: &[W],
+fn fused<W: Stored, O: Stored>(
+    stored: &[u8],
     update: &[f32],
-    out: &mut [O],
+    out: &mut [u8],
     cols: usize,
-    widen: impl Fn(W) -> f32,
-    round: impl Fn(f32) -> O,
-    back: impl Fn(O) -> f32,
 ) -> [f64; 3] {
+    let stored: &[W] = bytemuck::cast_slice(stored);
+    let out: &mut [O] = bytemuck::cast_slice_mut(out);
     let mut sums = [0f64; 3];
     for ((w_row, u_row), o_row) in stored
         .chunks_exact(cols)
@@ -501,10 +493,10 @@ fn fused<W: Copy, O: Copy>(
     {
         let mut acc = [[0f32; LANES]; 3];
         let mut lane = |w: W, u: f32, o: &mut O, i: usize| {
-            let w = widen(w);
-            let r = round(w + u);
+            let w = w.widen();
+            let r = O::round(w + u);
             *o = r;
-            let kept = back(r) - w;
+            let kept = r.widen() - w;
             let err = kept - u;
             acc[0][i] += u * u;
             acc[1][i] += kept * kept;
