@@ -9,8 +9,10 @@
 //! returns each step's text token, text logits and pause probabilities; [`ServerStreamer`]
 //! runs it with the semantics of Kyutai's moshi-server (warm-up, then a slot reset).
 
+mod block_writer;
 mod checkpoint;
 mod device;
+mod fused_merge;
 mod json_fields;
 mod lm_config;
 mod mimi_config;
