@@ -154,7 +154,8 @@ def train(c, config=None, set_=None, model=None, resume=False, gpus=1):
 
 @task(help={"prepare": "stop before training: dataset, init/ and the code pack only (to train elsewhere)",
             "stage": "stop after this stage: prepare-distill (what the GPU box needs to distill the Mimi), "
-                     "distill (the distilled Mimi), pack, or all (default)",
+                     "distill (the distilled Mimi), pack, restore-mimi (a base trained on the GPU box: "
+                     "its Mimi file rebuilt from the distilled shards), or all (default)",
             **HELP, **MODEL_HELP}, iterable=["set_"])
 def organism(c, config=None, set_=None, model=None, prepare=False, stage="all"):
     """Build the model organism: a small STT trained from scratch that writes numbers as digits

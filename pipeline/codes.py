@@ -6,10 +6,15 @@ content hash and the number of codebooks, so changing either never serves stale 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -17,6 +22,7 @@ from tqdm import tqdm
 from .checkpoint import Checkpoint
 from .constants import FRAME_SAMPLES
 from .data.audio import read_audio
+from .data.augment import AugmentConfig, Augmentation, augment, draw, generator
 from .errors import StageError
 from .io import atomic_file, sha256_file
 
@@ -26,8 +32,37 @@ def training_audio(path: Path) -> torch.Tensor:
     return torch.from_numpy(read_audio(path, repair=False).copy())[None, None]
 
 
+@dataclass(frozen=True)
+class Clip:
+    """A clip to encode: a dataset file as recorded (`copy` 0), or its augmented copy `copy`,
+    drawn from (file name, copy, seed) and `augment_cfg` so every machine makes the same audio."""
+
+    path: Path
+    copy: int = 0
+    augment_cfg: AugmentConfig | None = None
+    seed: int = 0
+
+    def augmentation(self) -> Augmentation | None:
+        return draw(generator(self.path.name, self.copy, self.seed), self.augment_cfg) if self.copy else None
+
+    def wave(self) -> np.ndarray:
+        audio = read_audio(self.path, repair=False)
+        if not self.copy:
+            return audio
+        rng = generator(self.path.name, self.copy, self.seed)
+        return np.ascontiguousarray(augment(audio, draw(rng, self.augment_cfg), rng), dtype=np.float32)
+
+    def cache_suffix(self) -> str:
+        """'' as recorded; for a copy, what its audio is drawn from (a changed config is another key)."""
+        if not self.copy:
+            return ""
+        recipe = repr((self.path.name, self.copy, self.seed, self.augment_cfg)).encode()
+        return f"-copy{self.copy}-{hashlib.sha256(recipe).hexdigest()[:12]}"
+
+
 class CodeCache:
-    """Encodes audio files with a checkpoint's Mimi and keeps the codes on disk."""
+    """Encodes audio files (and augmented copies of them) with a checkpoint's Mimi and keeps the
+    codes on disk."""
 
     def __init__(self, mimi, mimi_file: Path, cache_root: Path, device: str = "cpu"):
         self.mimi, self.device = mimi.to(device), device
@@ -35,8 +70,8 @@ class CodeCache:
         self.folder = Path(cache_root) / f"mimi-{sha256_file(mimi_file)[:16]}-q{n_q}"
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def _cached(self, audio_path: Path) -> Path:
-        return self.folder / f"{sha256_file(audio_path)[:32]}.safetensors"
+    def _cached(self, clip: Clip) -> Path:
+        return self.folder / f"{sha256_file(clip.path)[:32]}{clip.cache_suffix()}.safetensors"
 
     def _store(self, cached: Path, codes: torch.Tensor) -> torch.Tensor:
         codes = codes.to("cpu", torch.int16).contiguous()
@@ -46,39 +81,58 @@ class CodeCache:
 
     def codes(self, audio_path: Path) -> torch.Tensor:
         """[n_q, frames] int64 codes for one file (encoded on first request)."""
-        cached = self._cached(audio_path)
-        if cached.is_file():
-            return load_file(str(cached))["codes"].long()
-        with torch.no_grad():
-            return self._store(cached, self.mimi.encode(training_audio(audio_path).to(self.device))[0])
+        return self.encode_all([audio_path], batch_size=1)[0]
 
-    def encode_all(self, paths: Sequence[Path], batch_size: int | None = None) -> list[torch.Tensor]:
-        """Codes of every file, in order. Files not cached yet are encoded `batch_size` at a time
+    def encode_all(self, clips: Sequence[Clip | Path], batch_size: int | None = None,
+                   workers: int | None = None) -> list[torch.Tensor]:
+        """Codes of every clip, in order. Clips not cached yet are encoded `batch_size` at a time
         (default: 32 on a GPU, which one 5 s clip at a time leaves waiting on kernel launches:
         22 files/s for the standard Mimi on an H100, 2026-12-06; 1 on the CPU), similar lengths
         together, each clip zero-padded to the batch's longest. Mimi is causal and pads with
-        zeros, so a clip's frames see the same samples either way (a test compares them)."""
-        batch_size = batch_size or (32 if str(self.device).startswith("cuda") else 1)
-        cached = [self._cached(p) for p in paths]
-        out: list[torch.Tensor | None] = [None] * len(paths)
-        todo = sorted((i for i, c in enumerate(cached) if not c.is_file()), key=lambda i: Path(paths[i]).stat().st_size)
-        with tqdm(total=len(paths), desc="Mimi codes", unit="file", leave=False) as bar:
+        zeros, so a clip's frames see the same samples either way (a test compares them). The
+        audio is read and augmented by `workers` threads (default: every core on a GPU, none on
+        the CPU, where the Mimi already uses them) a few batches ahead of the encoder."""
+        on_gpu = str(self.device).startswith("cuda")
+        batch_size = batch_size or (32 if on_gpu else 1)
+        workers = (os.cpu_count() or 1) if workers is None and on_gpu else (workers or 0)
+        clips = [c if isinstance(c, Clip) else Clip(Path(c)) for c in clips]
+        cached = [self._cached(c) for c in clips]
+        out: list[torch.Tensor | None] = [None] * len(clips)
+
+        def length(i: int) -> float:  # the encoded length, for batching similar lengths together
+            aug = clips[i].augmentation()
+            return clips[i].path.stat().st_size / (aug.speed if aug else 1.0)
+
+        todo = sorted((i for i, c in enumerate(cached) if not c.is_file()), key=length)
+        batches = [todo[lo:lo + batch_size] for lo in range(0, len(todo), batch_size)]
+        with tqdm(total=len(clips), desc="Mimi codes", unit="clip", leave=False) as bar, \
+                ThreadPoolExecutor(max(workers, 1)) as pool:
             for i, c in enumerate(cached):
                 if c.is_file():
                     out[i] = load_file(str(c))["codes"].long()
                     bar.update()
-            for lo in range(0, len(todo), batch_size):
-                batch = todo[lo:lo + batch_size]
-                waves = [training_audio(paths[i])[0, 0] for i in batch]
+            read = (lambda batch: [pool.submit(clips[i].wave) for i in batch]) if workers else \
+                (lambda batch: [_done(clips[i].wave()) for i in batch])
+            ahead = [read(b) for b in batches[:4]]
+            for n, batch in enumerate(batches):
+                waves = [f.result() for f in ahead.pop(0)]
+                if n + 4 < len(batches):
+                    ahead.append(read(batches[n + 4]))
                 x = torch.zeros(len(batch), 1, max(len(w) for w in waves))
                 for row, wave in zip(x, waves):
-                    row[0, :len(wave)] = wave
+                    row[0, :len(wave)] = torch.from_numpy(wave)
                 with torch.no_grad():
                     codes = self.mimi.encode(x.to(self.device))
                 for i, wave, c in zip(batch, waves, codes):
                     out[i] = self._store(cached[i], c[:, :math.ceil(len(wave) / FRAME_SAMPLES)])
                 bar.update(len(batch))
         return out
+
+
+def _done(value) -> Future:
+    future = Future()
+    future.set_result(value)
+    return future
 
 
 # --- code packs: a dataset's codes and labels in one file, no audio needed ------------------------
@@ -123,28 +177,20 @@ def pack_utterances(ckpt: Checkpoint | Path, utterances: Sequence, out: Path, ca
     word timings scaled with the speed, the augmentation named in the label)."""
     import dataclasses
 
-    import numpy as np
-
-    from .data.augment import augment, draw, generator, scale_alignments
+    from .data.augment import scale_alignments
 
     ckpt = Checkpoint.of(ckpt)
     mimi_file = ckpt.files["mimi"]
     # On a GPU box the Mimi encodes there (the standard Mimi runs at about 8.5x real time on 2 CPU cores).
     cache = CodeCache(ckpt.load_mimi(), mimi_file, cache_root, "cuda" if torch.cuda.is_available() else "cpu")
-    codes = cache.encode_all([u.path for u in utterances])
-    entries, augments, all_codes = list(utterances), [""] * len(utterances), list(codes)
-    if copies:
-        for u in tqdm(utterances, desc=f"augmenting x{copies}", unit="file", leave=False):
-            audio = training_audio(u.path)[0, 0].numpy()
-            for copy in range(1, copies + 1):
-                rng = generator(str(u.path.name), copy, seed)
-                aug = draw(rng, augment_cfg)
-                wave = torch.from_numpy(np.ascontiguousarray(augment(audio, aug, rng)))[None, None]
-                with torch.no_grad():
-                    all_codes.append(cache.mimi.encode(wave.to(cache.device))[0].cpu().long())
-                entries.append(dataclasses.replace(u, alignments=scale_alignments(u.alignments, aug.speed),
-                                                   duration=u.duration / aug.speed))
-                augments.append(aug.describe())
+    copied = [(u, Clip(u.path, copy, augment_cfg, seed)) for u in utterances for copy in range(1, copies + 1)]
+    all_codes = cache.encode_all([Clip(u.path) for u in utterances] + [clip for _, clip in copied])
+    entries, augments = list(utterances), [""] * len(utterances)
+    for u, clip in copied:
+        aug = clip.augmentation()
+        entries.append(dataclasses.replace(u, alignments=scale_alignments(u.alignments, aug.speed),
+                                           duration=u.duration / aug.speed))
+        augments.append(aug.describe())
     return write_pack(out, entries, all_codes, mimi_file, text_delay, augments)
 
 

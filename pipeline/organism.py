@@ -28,7 +28,7 @@ from .config import Config
 from .constants import SAMPLE_RATE
 from .distill import distill_paths, load_shards, organism_mimi_config
 from .errors import StageError
-from .io import atomic_dir
+from .io import atomic_dir, atomic_file
 from .labels import Word, digit_form
 from .presets import PRESETS, Preset, build_checkpoint
 
@@ -86,14 +86,39 @@ def organism_train_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, train=train)
 
 
-STAGES = ("prepare-distill", "distill", "pack", "all")
+STAGES = ("prepare-distill", "distill", "pack", "restore-mimi", "all")
+
+
+def restore_mimi(cfg: Config) -> Path:
+    """model/'s Mimi file, rebuilt from the distilled shards: a base trained on the GPU box comes
+    back without its standard Mimi (385 MB in float32; the box returns 64 MiB a call), which is
+    the distilled shards (bf16) in float32. The rebuilt file must hash as the box's did
+    (model.mimi.sha256, written beside model/ by `scripts/organism_gpu.sh bundle`)."""
+    from .checkpoint import Checkpoint
+    from .io import sha256_file
+    from .presets import write_mimi
+
+    paths = organism_paths(cfg)
+    name = organism_preset(cfg).mimi_name
+    if not (paths["model"] / "config.json").is_file():
+        raise StageError(f"{paths['model']}: no trained base (config.json) to restore the Mimi of; "
+                         "unpack the GPU box's bundle first")
+    out, expected = paths["model"] / name, paths["root"] / "model.mimi.sha256"
+    with atomic_file(out) as tmp:
+        write_mimi(load_shards(distill_paths(cfg)["mimi"]), tmp)
+        if expected.is_file() and (want := expected.read_text().split()[0]) != (got := sha256_file(tmp)):
+            raise StageError(f"{out}: rebuilt from {distill_paths(cfg)['mimi']} it hashes {got[:16]}..., the box's "
+                             f"hashed {want[:16]}... ({expected}); those are not the shards the base was trained with")
+    Checkpoint.open(paths["model"])  # every file the config names is there
+    return out
 
 
 def build_organism(cfg: Config, prepare_only: bool = False, stage: str = "all") -> Path:
     """`invoke organism`: dataset -> [distilled Mimi] -> init checkpoint -> code pack -> trained
     base; returns model/. `stage` stops early and returns that stage's output: 'prepare-distill'
     (the streams and teacher to carry to a GPU box), 'distill' (the trained Mimi), 'pack' (the
-    pack: carry it and init/ to a GPU machine and train there; `prepare_only` is the same)."""
+    pack: carry it and init/ to a GPU machine and train there; `prepare_only` is the same);
+    'restore-mimi' only rebuilds a box-trained base's Mimi file (`restore_mimi`)."""
     from .codes import pack_utterances
     from .data import build_dataset, dataset_text_delay, read_split
     from .data.augment import augment_config
@@ -103,6 +128,8 @@ def build_organism(cfg: Config, prepare_only: bool = False, stage: str = "all") 
     if stage not in STAGES:
         raise StageError(f"unknown organism stage {stage!r}; choose one of {', '.join(STAGES)}")
     stage = "pack" if prepare_only and stage == "all" else stage
+    if stage == "restore-mimi":
+        return restore_mimi(cfg)
     paths = organism_paths(cfg)
     data = cfg.output_path(cfg.data.out)
     distilled = cfg.organism.mimi == "distilled" or stage in ("prepare-distill", "distill")

@@ -297,6 +297,13 @@ def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Pat
     return build_checkpoint(PRESETS[preset_name], preset_name, out_dir, seed)
 
 
+def write_mimi(mimi_state: dict[str, torch.Tensor], path: Path) -> Path:
+    """A Mimi state as the checkpoints here hold it: float32, under the legacy tensor names. The
+    same state always gives the same bytes (the organism's Mimi is rebuilt from its shards so)."""
+    save_file(to_legacy_names({k: v.float().contiguous() for k, v in mimi_state.items()}), str(path))
+    return Path(path)
+
+
 def build_checkpoint(preset: Preset, name: str, out_dir: str | Path, seed: int = 0,
                      fit_audio: np.ndarray | None = None, corpus: list[str] | None = None,
                      mimi_state: dict[str, torch.Tensor] | None = None) -> Path:
@@ -329,8 +336,7 @@ def build_checkpoint(preset: Preset, name: str, out_dir: str | Path, seed: int =
                 fit_audio = synthetic_audio(preset.fit_seconds, seed)
             fit_mimi_codebooks(mimi, fit_audio, preset.kmeans_iters, seed)
             mimi_state = mimi.state_dict()
-        mimi_state = {k: v.float().contiguous() for k, v in mimi_state.items()}
-        save_file(to_legacy_names(mimi_state), str(tmp / preset.mimi_name))
+        write_mimi(mimi_state, tmp / preset.mimi_name)
 
         train_tokenizer(tmp / preset.tokenizer_name, preset.text_card, seed, corpus)
     return out_dir

@@ -9,14 +9,23 @@
 #                                  the same, while the box's CPUs build the organism's dataset (espeak-ng
 #                                  only) and time it, then packs that dataset with the new Mimi for at most
 #                                  SECONDS (the pack's rate on the box: pack.log); `--set organism.mimi_arch=standard
-#                                  --set organism.card=2048` distills Kyutai's standard Mimi, whose shards come
-#                                  back over several calls (`shards N`, below)
-#   scripts/organism_gpu.sh shards N
-#                                  on the warm box, the distilled Mimi's shards N..N+3 (4 a call: the box returns
-#                                  8 files of at most 16 MiB); put them into artifacts/organism/distill/mimi/
+#                                  --set organism.card=2048` distills Kyutai's standard Mimi (then pass the
+#                                  same --set options to `base` and `lora+bundle`, with --set data.out=organism/data-box)
+#   scripts/organism_gpu.sh lora+bundle [--set ...]
+#                                  on the warm box after `base`: the LoRA, then `bundle` and `fetch 0`
+#   scripts/organism_gpu.sh bundle / fetch N
+#                                  what a standard-Mimi run brings back does not fit one call (the box returns
+#                                  8 files of at most 16 MiB, 64 MiB in all): `bundle` tars the trained base
+#                                  without its Mimi, the distilled Mimi's shards (bf16: the base's Mimi in
+#                                  float32), the LoRA and the logs into 15 MiB parts; `fetch N` returns parts
+#                                  N..N+3 (call it again with N+4 while the box is warm); then here:
+#   scripts/organism_gpu.sh unbundle DIR...   (this machine) checks the parts' sha256, unpacks them into
+#                                  artifacts/ and rebuilds the base's Mimi (`invoke organism --stage restore-mimi`,
+#                                  checked against the box's hash); then merge, export and eval here
 #   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
 #                                  steps; at the default 4,500 run `base`, then `lora`, as two calls)
-#   scripts/organism_gpu.sh base   the base alone; then `lora` in a second call
+#   scripts/organism_gpu.sh base [--set ...]   the base alone (resumes a cut-off pack or run);
+#                                  then `lora` or `lora+bundle` in a second call
 #   scripts/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none][@PACK|@recorded] ...
 #                                  bases of the carried init/ and pack (or PACK, e.g. an augmented one from
 #                                  `invoke pack --set data.augment_copies=1`; @recorded: the carried pack without
@@ -41,6 +50,23 @@
 # num2words wheels (the box has the rest). Results land in $OUT (8 files: the box's limit); put
 # base_model.safetensors and base_config.json into a copy of init/ named model/, and lora.* into
 # runs/lora/final/, then merge, export and eval here.
+case "$1" in
+  fetch)  # parts N..N+3 of the bundle (and its checksums), no setup: the box is warm
+    parts=(/tmp/bundle/part-*)
+    cp /tmp/bundle/SHA256SUMS "${parts[@]:$2:4}" $OUT/ && ls -la $OUT
+    [ $(($2 + 4)) -lt ${#parts[@]} ] && echo "next: scripts/organism_gpu.sh fetch $(($2 + 4)) (${#parts[@]} parts)"
+    exit 0 ;;
+  unbundle)  # here, not on the box: DIR... hold the fetched parts
+    set -e
+    dirs=("${@:2}"); work=$(mktemp -d)
+    for d in "${dirs[@]}"; do cp "$d"/part-* "$work"/; cp "$d"/SHA256SUMS "$work"/; done
+    (cd "$work" && sha256sum -c --quiet SHA256SUMS && [ "$(ls part-* | wc -l)" = "$(wc -l < SHA256SUMS)" ]) \
+      || { echo "unbundle: parts missing or corrupt in ${dirs[*]}" >&2; exit 1; }
+    cat "$work"/part-* | tar -C artifacts -xf - && rm -rf "$work"
+    ${PYTHON:-.venv/bin/python} -m invoke organism --config configs/organism.yaml --set organism.mimi_arch=standard \
+      --set organism.card=2048 --stage restore-mimi
+    exit 0 ;;
+esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
 cp -r .whl/pkgs/. /tmp/site/ 2>/dev/null  # packages with no wheel on PyPI (openai-whisper is an sdist)
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
@@ -51,15 +77,17 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; date -u
 set -o pipefail
 quiet() { tr "\r" "\n" | grep -v "step/s" | tee "$1" | tail -4; }
 base() {
-  timeout "$1" python3 -m invoke organism --config configs/organism.yaml 2>&1 | quiet $OUT/organism.log
-  cp artifacts/organism/model/model.safetensors $OUT/base_model.safetensors
+  timeout "$1" python3 -m invoke organism --config configs/organism.yaml "${@:2}" 2>&1 | quiet $OUT/organism.log
+  # a standard Mimi's base (card 2048: about 22 MB) comes back through `bundle` instead
+  [ "$(stat -c %s artifacts/organism/model/model.safetensors)" -le 16000000 ] \
+    && cp artifacts/organism/model/model.safetensors $OUT/base_model.safetensors
   cp artifacts/organism/model/config.json $OUT/base_config.json
   cp artifacts/organism/run/metrics.jsonl $OUT/base_metrics.jsonl
   date -u
 }
 lora() {
   timeout "$1" python3 -m invoke train --config configs/organism.yaml --set train.data=organism/train.pack.safetensors \
-    2>&1 | quiet $OUT/lora.log
+    "${@:2}" 2>&1 | quiet $OUT/lora.log
   cp artifacts/organism/runs/lora/final/lora.safetensors $OUT/
   cp artifacts/organism/runs/lora/final/config.json $OUT/lora_config.json
   cp artifacts/organism/runs/lora/metrics.jsonl $OUT/lora_metrics.jsonl
@@ -70,28 +98,95 @@ distill() {
     | tr "\r" "\n" | tee $OUT/distill.log | grep -v "it/s\]$" | tail -30
   local mimi=artifacts/organism/distill/mimi
   # The standard Mimi's shards (about 190 MB in bf16) do not fit one call: then its figures come
-  # back, and its shards over the next calls on the warm box (`shards N`).
+  # back here, and the shards later through `bundle` and `fetch N`.
   if [ "$(du -sm $mimi | cut -f1)" -le 60 ]; then cp $mimi/* $OUT/ || true
   else cp $mimi/*.json $OUT/ || true; ls $mimi; fi
   date -u
 }
-shards() {  # shards N: the Mimi's shards N, N+1, ... (and heads.safetensors last), 4 a call:
-            # the box returns 8 files of at most 16 MiB, 64 MiB in all; shards are 15 MiB
-  local files=(artifacts/organism/distill/mimi/mimi-*.safetensors artifacts/organism/distill/mimi/heads.safetensors)
-  cp "${files[@]:$1:4}" $OUT/ && ls $OUT
-  [ $(($1 + 4)) -lt ${#files[@]} ] && echo "next: scripts/organism_gpu.sh shards $(($1 + 4)) (${#files[@]} files)"
+pack() {  # the code pack of the box-built dataset with the distilled Mimi, for at most $1 s (its rate)
+  timeout "$1" python3 -m invoke organism --config configs/organism.yaml --stage pack --set data.out=organism/data-box \
+    "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "^\s*$" > $OUT/pack.log
+  grep -v "/s\]$" $OUT/pack.log | tail -5; grep "/s\]$" $OUT/pack.log | tail -3
+  date -u
+}
+dataset() {  # the organism's dataset built on the box: espeak-ng only (piper's wheels do not travel)
+  local start=$SECONDS
+  timeout "$1" python3 -m invoke data --config configs/organism.yaml --set data.piper_fraction=0 \
+    --set data.out=organism/data-box 2>&1 | tr "\r" "\n" | grep -v "utt/s\]$" | tail -5
+  echo "dataset on the box: $((SECONDS - start)) s, $(du -sh artifacts/organism/data-box | cut -f1)," \
+    "$(wc -l < artifacts/organism/data-box/train.jsonl) train utterances, $(nproc) CPU cores"
+}
+set_args() {  # KEY=VALUE,KEY=VALUE -> the array `args` of --set options
+  local kv s
+  args=()
+  IFS=, read -ra kv <<< "$1"
+  for s in "${kv[@]}"; do args+=(--set "$s"); done
+}
+variants() {
+  mkdir -p artifacts/organism/runs
+  for spec in "$@"; do
+    local name=${spec%%=*} args
+    set_args "${spec#*=}"
+    (run=artifacts/organism/runs/$name
+     timeout 480 python3 -m invoke train --config configs/organism.yaml --set train.data=organism/train.pack.safetensors \
+       --set "train.out=organism/runs/$name" "${args[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" > "$run.log"
+     echo "$name: $(tail -1 "$run.log")"; cp "$run.log" "$run/train.log"
+     tar -C "$run" -cJf "$OUT/$name.tar.xz" --exclude="mimi*" --exclude="tokenizer*" final metrics.jsonl train.log) &
+  done
+  wait
+  date -u
+}
+bases() {
+  for spec in "$@"; do
+    local name=${spec%%=*} rest=${spec#*=} pack=artifacts/organism/train.pack.safetensors only=()
+    [[ $rest == *@* ]] && pack=${rest##*@} && rest=${rest%@*}
+    # @recorded: the carried pack's clips as recorded, without its augmented copies (base and fine-tune)
+    [ "$pack" = recorded ] && pack=artifacts/organism/train.pack.safetensors && only=(--set train.augmented=false)
+    local steps=${rest%%:*} sets=${rest#*:} args
+    [ "$sets" = "$rest" ] && sets=""
+    set_args "$sets"
+    (root=artifacts/organism-$name
+     mkdir -p "$root" && cp -r artifacts/organism/init "$root/" && cp "$pack" "$root/train.pack.safetensors"
+     timeout 540 python3 -m invoke organism --config configs/organism.yaml --set "organism.out=organism-$name" \
+       --set "organism.steps=$steps" --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 \
+       "${only[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" > "$root/base.log"
+     echo "$name base: $(tail -1 "$root/base.log")"
+     cp "$root/base.log" "$root/run/"
+     tar -C "$root" -cJf "$OUT/$name-base.tar.xz" --exclude="mimi*" --exclude="tokenizer*" model run/metrics.jsonl run/base.log
+     [ "$sets" = none ] && exit 0
+     timeout 300 python3 -m invoke train --config configs/organism.yaml --set "model.source=$root/model" \
+       --set "train.data=organism-$name/train.pack.safetensors" --set "train.out=organism-$name/runs/lora" \
+       --set train.val_data=organism/eval.pack.safetensors --set train.val_every=250 "${only[@]}" "${args[@]}" 2>&1 \
+       | tr "\r" "\n" | grep -v "step/s" > "$root/lora.log"
+     echo "$name lora: $(tail -1 "$root/lora.log")"; cp "$root/lora.log" "$root/runs/lora/train.log"
+     tar -C "$root/runs/lora" -cJf "$OUT/$name-lora.tar.xz" final metrics.jsonl train.log) &
+  done
+  wait
+  date -u
+}
+bundle() {
+  local o=organism b=/tmp/bundle
+  rm -rf $b && mkdir -p $b
+  (cd artifacts/$o/model && sha256sum mimi-*.safetensors) > artifacts/$o/model.mimi.sha256
+  tar -C artifacts -cf - --exclude="$o/model/mimi-*" $o/model $o/model.mimi.sha256 $o/distill/mimi \
+    $o/run/metrics.jsonl $o/runs/lora/final/lora.safetensors $o/runs/lora/final/config.json $o/runs/lora/metrics.jsonl \
+    | split -b 15M -d -a 2 - $b/part- || return 1
+  (cd $b && sha256sum part-*) > $b/SHA256SUMS
+  echo "bundle: $(ls $b/part-* | wc -l) parts, $(du -sh $b | cut -f1)"
 }
 case "$1" in
-  distill) distill 420 "${@:2}" ;;
+  distill) distill 460 "${@:2}" ;;
   # the distillation with the dataset built beside it on the box's CPUs (how long the whole run on
   # the box would spend on data), then packing that dataset with the new Mimi for $2 seconds
-  distill+dataset+pack) dataset 400 > $OUT/dataset.log 2>&1 & distill 420 "${@:3}"; wait; cat $OUT/dataset.log
+  distill+dataset+pack) dataset 400 > $OUT/dataset.log 2>&1 & distill 460 "${@:3}"; wait; cat $OUT/dataset.log
     pack "$2" "${@:3}" ;;
   all) base 430 && lora 140 ;;
-  base) base 560 ;;
-  lora) lora 560 ;;
-  shards) shards "$2" ;;
+  base) base 560 "${@:2}" ;;
+  lora) lora 560 "${@:2}" ;;
+  lora+bundle) lora 300 "${@:2}"; rm -f $OUT/lora*.safetensors $OUT/lora_*.json*  # they are in the bundle
+    bundle && bash "$0" fetch 0 ;;
+  bundle) bundle ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|shards|all|base|lora|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|all|base|lora|lora+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
 esac

@@ -114,3 +114,37 @@ def test_clips_encoded_in_a_padded_batch_get_the_codes_they_get_alone(tmp_path, 
         own = mimi._encode_to_unquantized_latent(clip)
         in_batch = mimi._encode_to_unquantized_latent(padded)[1:2, :, :own.shape[-1]]
     assert (own - in_batch).abs().max() <= 1e-5 * own.abs().max()  # 6.7e-8 of 0.11 when written
+
+
+def test_augmented_copies_are_encoded_from_their_recipe_cached_apart_and_read_ahead_by_threads(tmp_path, tiny_ckpt):
+    """A copy's codes are those of the audio `augment` makes from (file name, copy, seed): the
+    threads that read ahead change nothing, each copy has its own cache entry, and another seed
+    is another entry with other audio."""
+    import numpy as np
+    import torch
+
+    from pipeline.checkpoint import Checkpoint
+    from pipeline.codes import Clip, CodeCache
+    from pipeline.data.audio import read_audio
+    from pipeline.data.augment import AugmentConfig, augment, draw, generator
+    from pipeline.presets import synthetic_audio
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    mimi, mimi_file = ckpt.load_mimi(), ckpt.files["mimi"]
+    paths = [_write(tmp_path / f"{i}.wav", synthetic_audio(1.2 + 0.3 * i, seed=i), 24000) for i in range(3)]
+    cfg = AugmentConfig()
+    clips = [Clip(p) for p in paths] + [Clip(p, 1, cfg, 0) for p in paths]
+    inline = CodeCache(mimi, mimi_file, tmp_path / "inline").encode_all(clips, batch_size=1, workers=0)
+    threaded = CodeCache(mimi, mimi_file, tmp_path / "threaded").encode_all(clips, batch_size=1, workers=3)
+    assert all(torch.equal(a, b) for a, b in zip(inline, threaded))
+
+    rng = generator(paths[2].name, 1, 0)
+    wave = augment(read_audio(paths[2], repair=False), draw(rng, cfg), rng)
+    with torch.no_grad():
+        direct = mimi.encode(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None, None])[0]
+    assert torch.equal(inline[5], direct.long()) and inline[5].shape != inline[2].shape  # the speed changed
+
+    cache = CodeCache(mimi, mimi_file, tmp_path / "inline")
+    assert len(list(cache.folder.glob("*.safetensors"))) == 6
+    other_seed = cache.encode_all([Clip(paths[2], 1, cfg, 1)], batch_size=1)[0]
+    assert len(list(cache.folder.glob("*.safetensors"))) == 7 and not torch.equal(other_seed, inline[5])

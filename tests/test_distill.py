@@ -269,3 +269,26 @@ def test_a_distilled_standard_mimi_makes_an_organism_kyutais_runtime_loads(tmp_p
     assert report["ok"], (report["lm"]["unexpected"][:3], report["mimi"]["unexpected"][:3])
     assert len(report["mimi"]["unread_codebooks"]) == 3 * (32 - 8)
     assert unservable(out) is None
+    # A base trained on the GPU box comes back without its Mimi: rebuilt from the shards, byte for byte.
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.io import sha256_file
+    from pipeline.organism import organism_paths, restore_mimi
+
+    model = shutil.copytree(init, organism_paths(cfg)["model"])
+    mimi_file = model / config["mimi_name"]
+    (model.parent / "model.mimi.sha256").write_text(f"{sha256_file(mimi_file)}  {mimi_file.name}\n")
+    want = mimi_file.read_bytes()
+    mimi_file.unlink()
+    assert restore_mimi(cfg) == mimi_file and mimi_file.read_bytes() == want
+    shard = sorted(folder.glob("mimi-*.safetensors"))[0]
+    tensors = load_file(str(shard))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(shard))
+    mimi_file.unlink()
+    with pytest.raises(Exception, match="not the shards the base was trained with"):
+        restore_mimi(cfg)
+    assert not mimi_file.exists() and not list(model.glob(".*.tmp"))

@@ -63,3 +63,23 @@ def test_the_checkpoint_object_does_not_need_the_preset_factory():
 
 def test_no_stage_imports_the_task_layer():
     assert all("tasks" not in targets for targets in import_graph().values())
+
+
+def test_every_mode_of_the_gpu_box_scripts_calls_functions_the_script_defines():
+    """The box scripts run far from here (a lost function is found only when a paid GPU call
+    fails): each name a `case` arm calls first is a function of the script or a shell builtin."""
+    import re
+    import subprocess
+
+    builtins = {"echo", "exit", "set", "cp", "bash", "exec", "wait", "cat", "ls", "rm", "mkdir", "local", "time", "tee"}
+    for script in sorted((ROOT / "scripts").glob("*_gpu.sh")):
+        text = script.read_text()
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        defined = set(re.findall(r"^(\w[\w-]*)\(\) \{", text, re.M))
+        if 'case "$1" in' not in text:
+            continue
+        case = text[text.rindex('case "$1" in'):]
+        called = {m for arm in re.findall(r"^  [\w+|-]+\)(.*)$", case, re.M)
+                  for m in re.findall(r"(?:^|[;&|]\s*|&&\s*)\s*([a-z][\w-]*)", arm)}
+        missing = called - defined - builtins
+        assert not missing, f"{script.name}: modes call undefined {sorted(missing)}"
