@@ -1,5 +1,17 @@
 #!/usr/bin/env bash
-# The full model-organism run on the GPU box (device tool), as run for the README figures:
+# The full model-organism run on the GPU box (device tool), as run for the README figures.
+#
+# The standard-Mimi organism, whole on the box (2026-12-06: six calls on one warm H100, 23 min
+# of device time; S="--set organism.mimi_arch=standard --set organism.card=2048"):
+#   scripts/organism_gpu.sh distill+dataset+pack 90 $S --set organism.distill_time_limit_s=240
+#                                     # carry .whl and artifacts/organism/distill/prepared
+#   scripts/organism_gpu.sh base $S --set data.out=organism/data-box        # the pack's rest, the base
+#   scripts/organism_gpu.sh base $S --set data.out=organism/data-box; scripts/organism_gpu.sh lora+bundle $S
+#                                     # (the base resumes from its checkpoint), the LoRA, the bundle's parts 0-3
+#   scripts/organism_gpu.sh fetch 4; ... fetch 8; ... fetch 12            # each in the 30 s warm window
+#   scripts/organism_gpu.sh unbundle DIR...                                 # here, then merge, export, eval
+#
+# Every mode:
 #   scripts/organism_gpu.sh distill  the organism's Mimi distilled from Whisper tiny.en (issue #16);
 #                                    carry .whl and artifacts/organism/distill/prepared (made here by
 #                                    `invoke organism --config configs/organism.yaml --stage prepare-distill`);
