@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -122,7 +123,14 @@ def resolve_models(cfg: Config) -> tuple[Checkpoint, Checkpoint]:
 FORCED_NUMBER_FORM = {"base": "digits", "candidate": "words"}
 
 
-def _stream_all(ckpt: Checkpoint, refs: Sequence[Reference], cfg: Config, label: str) -> list[Streamed]:
+# Runtimes that stream in-process outside the GIL (Kyutai's Rust crate): the base and the candidate
+# stream side by side, one thread each, as the one-stream-at-a-time Rust code leaves a 2-core CPU
+# partly idle. The server runtime runs one server at a time; 'torch' reloads per clip.
+PARALLEL_RUNTIMES = ("candle", "server-semantics")
+
+
+def _stream_all(ckpt: Checkpoint, refs: Sequence[Reference], cfg: Config, label: str,
+                position: int = 0) -> list[Streamed]:
     from tqdm import tqdm
 
     from .data.audio import read_audio
@@ -130,7 +138,7 @@ def _stream_all(ckpt: Checkpoint, refs: Sequence[Reference], cfg: Config, label:
     out, forced = [], cfg.eval.text == "reference"
     desc = f"{label} ({cfg.eval.runtime}{', reference text' if forced else ''})"
     with Runner(ckpt, cfg.eval.runtime, cfg.eval.flush_seconds) as runner:
-        for ref in tqdm(refs, desc=desc, unit="utt"):
+        for ref in tqdm(refs, desc=desc, unit="utt", position=position):
             audio = read_audio(ref.path)
             text = reference_text(ref, ckpt, FORCED_NUMBER_FORM[label], steps_of(len(audio), cfg.eval.flush_seconds)) \
                 if forced else None
@@ -160,7 +168,13 @@ def evaluate(cfg: Config, base: Checkpoint | Path | None = None, candidate: Chec
     base, candidate = Checkpoint.of(base), Checkpoint.of(candidate)
     start = time.perf_counter()
     rules = rules_of(cfg)
-    runs = {"base": _stream_all(base, refs, cfg, "base"), "candidate": _stream_all(candidate, refs, cfg, "candidate")}
+    models = {"base": base, "candidate": candidate}
+    if cfg.eval.runtime in PARALLEL_RUNTIMES:
+        with ThreadPoolExecutor(len(models)) as pool:
+            futures = {m: pool.submit(_stream_all, ckpt, refs, cfg, m, i) for i, (m, ckpt) in enumerate(models.items())}
+            runs = {m: f.result() for m, f in futures.items()}
+    else:
+        runs = {m: _stream_all(ckpt, refs, cfg, m) for m, ckpt in models.items()}
     meta = {"base": str(base), "candidate": str(candidate), "runtime": cfg.eval.runtime, "text": cfg.eval.text,
             "data": source,
             "split": cfg.eval.split, "delay": base.text_delay, "flush_seconds": cfg.eval.flush_seconds,

@@ -129,6 +129,37 @@ def test_report_on_the_tiny_default(tiny_ckpt, candidate, dataset, tmp_path):
     assert [u["base"]["vad"] for u in redone["utterances"]] == [u["base"]["vad"] for u in data["utterances"]]
 
 
+def test_base_and_candidate_streamed_side_by_side_give_what_one_at_a_time_gives(tiny_ckpt, candidate, dataset,
+                                                                                tmp_path, monkeypatch):
+    """In Candle the two models stream in two threads (the Rust code runs outside the GIL): every
+    trace and figure equals a run that streams them one after the other, each under its own name
+    (the two models' traces differ, so a swap would show)."""
+    import threading
+
+    import pipeline.eval as stage
+
+    threads = {}
+    stream_all = stage._stream_all
+
+    def recording(ckpt, refs, cfg, label, *args):
+        threads[label] = threading.get_ident()
+        return stream_all(ckpt, refs, cfg, label, *args)
+
+    monkeypatch.setattr(stage, "_stream_all", recording)
+    cfg = load_config(None, [f"artifacts={tmp_path}", f"eval.data={dataset}", "eval.plots=0", "eval.out=side"])
+    side = evaluate(cfg, tiny_ckpt, candidate)
+    assert threads["base"] != threads["candidate"]
+    monkeypatch.setattr(stage, "PARALLEL_RUNTIMES", ())
+    cfg = load_config(None, [f"artifacts={tmp_path}", f"eval.data={dataset}", "eval.plots=0", "eval.out=serial"])
+    serial = evaluate(cfg, tiny_ckpt, candidate)
+    assert threads["base"] == threads["candidate"] == threading.get_ident()
+    a, b = np.load(side / "traces.npz"), np.load(serial / "traces.npz")
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert not np.array_equal(a["base_0_pause"], a["candidate_0_pause"])
+    side_data, serial_data = (json.loads((f / "metrics.json").read_text()) for f in (side, serial))
+    assert side_data["summary"] == serial_data["summary"]
+
+
 def test_torch_runtime_limit_and_given_utterances(tiny_ckpt, tmp_path):
     """PyTorch's streaming Mimi is slow on a CPU (~0.1 s a frame), so one short clip."""
     from pipeline.presets import synthetic_audio
