@@ -70,18 +70,11 @@ class CodeCache:
         self.folder = Path(cache_root) / f"mimi-{sha256_file(mimi_file)[:16]}-q{n_q}"
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def _cached(self, clip: Clip) -> Path:
-        return self.folder / f"{sha256_file(clip.path)[:32]}{clip.cache_suffix()}.safetensors"
-
     def _store(self, cached: Path, codes: torch.Tensor) -> torch.Tensor:
         codes = codes.to("cpu", torch.int16).contiguous()
         with atomic_file(cached) as tmp:
             save_file({"codes": codes}, str(tmp))
         return codes.long()
-
-    def codes(self, audio_path: Path) -> torch.Tensor:
-        """[n_q, frames] int64 codes for one file (encoded on first request)."""
-        return self.encode_all([audio_path], batch_size=1)[0]
 
     def encode_all(self, clips: Sequence[Clip | Path], batch_size: int | None = None,
                    workers: int | None = None) -> list[torch.Tensor]:
@@ -90,13 +83,14 @@ class CodeCache:
         22 files/s for the standard Mimi on an H100, 2026-12-06; 1 on the CPU), similar lengths
         together, each clip zero-padded to the batch's longest. Mimi is causal and pads with
         zeros, so a clip's frames see the same samples either way (a test compares them). The
-        audio is read and augmented by `workers` threads (default: every core on a GPU, none on
-        the CPU, where the Mimi already uses them) a few batches ahead of the encoder."""
+        audio is read and augmented by `workers` threads (default: every core on a GPU; one on
+        the CPU, where the Mimi already uses the cores) a few batches ahead of the encoder."""
         on_gpu = str(self.device).startswith("cuda")
         batch_size = batch_size or (32 if on_gpu else 1)
-        workers = (os.cpu_count() or 1) if workers is None and on_gpu else (workers or 0)
+        workers = workers or ((os.cpu_count() or 1) if on_gpu else 1)
         clips = [c if isinstance(c, Clip) else Clip(Path(c)) for c in clips]
-        cached = [self._cached(c) for c in clips]
+        digests = {p: sha256_file(p)[:32] for p in {c.path for c in clips}}  # once per file, copies share it
+        cached = [self.folder / f"{digests[c.path]}{c.cache_suffix()}.safetensors" for c in clips]
         out: list[torch.Tensor | None] = [None] * len(clips)
 
         def length(i: int) -> float:  # the encoded length, for batching similar lengths together
@@ -106,13 +100,15 @@ class CodeCache:
         todo = sorted((i for i, c in enumerate(cached) if not c.is_file()), key=length)
         batches = [todo[lo:lo + batch_size] for lo in range(0, len(todo), batch_size)]
         with tqdm(total=len(clips), desc="Mimi codes", unit="clip", leave=False) as bar, \
-                ThreadPoolExecutor(max(workers, 1)) as pool:
+                ThreadPoolExecutor(workers) as pool:
             for i, c in enumerate(cached):
                 if c.is_file():
                     out[i] = load_file(str(c))["codes"].long()
                     bar.update()
-            read = (lambda batch: [pool.submit(clips[i].wave) for i in batch]) if workers else \
-                (lambda batch: [_done(clips[i].wave()) for i in batch])
+
+            def read(batch: list[int]) -> list[Future]:
+                return [pool.submit(clips[i].wave) for i in batch]
+
             ahead = [read(b) for b in batches[:4]]
             for n, batch in enumerate(batches):
                 waves = [f.result() for f in ahead.pop(0)]
@@ -127,12 +123,6 @@ class CodeCache:
                     out[i] = self._store(cached[i], c[:, :math.ceil(len(wave) / FRAME_SAMPLES)])
                 bar.update(len(batch))
         return out
-
-
-def _done(value) -> Future:
-    future = Future()
-    future.set_result(value)
-    return future
 
 
 # --- code packs: a dataset's codes and labels in one file, no audio needed ------------------------

@@ -134,7 +134,7 @@ def test_augmented_copies_are_encoded_from_their_recipe_cached_apart_and_read_ah
     paths = [_write(tmp_path / f"{i}.wav", synthetic_audio(1.2 + 0.3 * i, seed=i), 24000) for i in range(3)]
     cfg = AugmentConfig()
     clips = [Clip(p) for p in paths] + [Clip(p, 1, cfg, 0) for p in paths]
-    inline = CodeCache(mimi, mimi_file, tmp_path / "inline").encode_all(clips, batch_size=1, workers=0)
+    inline = CodeCache(mimi, mimi_file, tmp_path / "inline").encode_all(clips, batch_size=1, workers=1)
     threaded = CodeCache(mimi, mimi_file, tmp_path / "threaded").encode_all(clips, batch_size=1, workers=3)
     assert all(torch.equal(a, b) for a, b in zip(inline, threaded))
 
