@@ -192,6 +192,13 @@ class TrainConfig:
         "folder from `invoke data` (its eval split) or a code pack of one (`invoke pack --split eval`). "
         "Relative paths are under `artifacts`; empty: none.", "")
     val_every: int = doc("Score `val_data` every N steps.", 200)
+    codebook_dropout: float = doc(
+        "Share of training windows whose last residual audio codebooks are embedded as zero (IGNORE): "
+        "a uniform number of them, the first (semantic) codebook always kept, as SoundStream's quantizer "
+        "dropout. A regularizer for training a base from scratch on few voices (the organism): it makes "
+        "the LM read the words from the first codebook, which carries them across voices, not from the "
+        "acoustic ones, which carry the voice. 0 (off) for fine-tuning Kyutai's model, which was "
+        "trained on every codebook.", 0.0)
     augmented: bool = doc("Train on the augmented copies a code pack holds (`invoke pack` with "
                           "data.augment_copies) as well as its clips as recorded; false keeps the recorded "
                           "clips only: the control of an augmentation, on exactly the same clips.", True)
@@ -426,6 +433,8 @@ def _validate(cfg: Config, where: str) -> None:
     for name in ("lora_rank", "steps", "batch_size", "log_every", "save_every", "val_every"):
         if getattr(cfg.train, name) < 1:
             raise ConfigError(f"{where}: train.{name} must be at least 1, got {getattr(cfg.train, name)}")
+    if not 0 <= cfg.train.codebook_dropout <= 1:
+        raise ConfigError(f"{where}: train.codebook_dropout must be between 0 and 1, got {cfg.train.codebook_dropout}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"{where}: train.lr must be positive, got {cfg.train.lr}")
     if cfg.merge.dtype not in ("bf16", "f32"):

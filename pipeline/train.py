@@ -223,6 +223,22 @@ def make_batch(segments_per_window: list[list[Segment]], samples: Sequence[Sampl
     return Batch(inputs, codes[:, 0].clone(), pause, head_mask, number_mask, real)
 
 
+def drop_codebooks(inputs: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Quantizer dropout on teacher-forced inputs [B, 1 + n_q, T] (train.codebook_dropout): in a
+    `share` of the windows, codebooks k+1..n_q become IGNORE (embedded as zero) for a uniform k in
+    1..n_q, so the first (semantic) codebook is always kept and the window may keep every one. The
+    start tokens (t = 0) stay: the model always begins a stream the same way."""
+    batch, rows, _ = inputs.shape
+    kept = torch.randint(1, rows, (batch, 1), generator=generator, device=generator.device if generator else "cpu")
+    dropped = torch.rand(batch, 1, generator=generator, device=kept.device) < share
+    kept = torch.where(dropped, kept, rows - 1).to(inputs.device)
+    codebook = torch.arange(1, rows, device=inputs.device)[None]          # [1, n_q]: 1-based codebook index
+    mask = (codebook > kept)[:, :, None].expand(-1, -1, inputs.shape[-1] - 1)
+    out = inputs.clone()
+    out[:, 1:, 1:] = out[:, 1:, 1:].masked_fill(mask, IGNORE)
+    return out
+
+
 # --- losses ---------------------------------------------------------------------------------------
 
 def forward_stt(lm, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -460,6 +476,8 @@ def train_step(trainer: Trainer, batch: Batch, lr: float) -> dict[str, torch.Ten
     tc, device = trainer.tc, trainer.device
     batch = batch.map_tensors(lambda t: t.to(device, non_blocking=True))
     inputs = batch.inputs
+    if tc.codebook_dropout > 0:
+        inputs = drop_codebooks(inputs, tc.codebook_dropout)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.autocast):
         base_pause = None
         if tc.head_loss == "distill":

@@ -74,9 +74,16 @@ case "$1" in
     for d in "${dirs[@]}"; do cp "$d"/part-* "$work"/; cp "$d"/SHA256SUMS "$work"/; done
     (cd "$work" && sha256sum -c --quiet SHA256SUMS && [ "$(ls part-* | wc -l)" = "$(wc -l < SHA256SUMS)" ]) \
       || { echo "unbundle: parts missing or corrupt in ${dirs[*]}" >&2; exit 1; }
-    cat "$work"/part-* | tar -C artifacts -xf - && rm -rf "$work"
+    cat "$work"/part-* | tar -C artifacts -xvf - > "$work/unpacked" || exit 1
     ${PYTHON:-.venv/bin/python} -m invoke organism --config configs/organism.yaml --set organism.mimi_arch=standard \
       --set organism.card=2048 --stage restore-mimi
+    for variant in $(grep -o "^organism-[^/]*/model.mimi.sha256$" "$work/unpacked" | cut -d/ -f1); do
+      # a `pair` variant, trained on the same Mimi as organism/
+      cp artifacts/organism/model/mimi-*.safetensors "artifacts/$variant/model/"
+      (cd "artifacts/$variant/model" && sha256sum -c --quiet ../model.mimi.sha256) \
+        || { echo "unbundle: artifacts/$variant's Mimi is not the one it was trained with" >&2; exit 1; }
+    done
+    rm -rf "$work"
     exit 0 ;;
 esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
@@ -176,12 +183,58 @@ bases() {
   wait
   date -u
 }
-bundle() {
-  local o=organism b=/tmp/bundle
+pair() {  # SECONDS NAME=KEY=VALUE,... [--set ...]: the default organism (organism/) and a variant
+         # (organism-NAME/: its base trained with those --set options) side by side on one init/ and pack,
+         # each base scored on the held-out pack every 250 steps, then fine-tuned by the same LoRA recipe.
+         # Resumable: the same call again finishes the pack, the bases (from their checkpoints) and the LoRAs.
+  local until=$((SECONDS + $1)) name=${2%%=*} args
+  set_args "${2#*=}"
+  local variant=("${args[@]}") common=("${@:3}")
+  timeout $((until - SECONDS)) python3 -m invoke organism --config configs/organism.yaml --stage pack "${common[@]}" \
+    2>&1 | tr "\r" "\n" | { grep -v "^\s*$" || true; } >> $OUT/pack.log \
+    || { echo "pack unfinished:"; tail -2 $OUT/pack.log; return 1; }
+  grep "/s\]$" $OUT/pack.log | tail -1
+  [ -f artifacts/organism/eval.pack.safetensors ] || timeout $((until - SECONDS)) python3 -m invoke pack \
+    --config configs/organism.yaml "${common[@]}" --model artifacts/organism/init --split eval \
+    --out artifacts/organism/eval.pack.safetensors 2>&1 | tail -1
+  mkdir -p artifacts/organism-$name
+  [ -d artifacts/organism-$name/init ] || cp -r artifacts/organism/init artifacts/organism-$name/
+  ln -f artifacts/organism/train.pack.safetensors artifacts/organism-$name/train.pack.safetensors
+  twin organism $until "${common[@]}" &
+  twin organism-$name $until "${common[@]}" -- "${variant[@]}" &
+  wait
+  date -u
+}
+twin() {  # OUT UNTIL COMMON... [-- BASE-ONLY...]: a base (resumed), then its LoRA, each within the time left
+  local out=$1 until=$2 common=() only=() root=artifacts/$1 val=(--set train.val_data=organism/eval.pack.safetensors
+    --set train.val_every=250)
+  shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do common+=("$1"); shift; done
+  [ "$1" = -- ] && only=("${@:2}")
+  if [ ! -f $root/model/config.json ]; then
+    timeout $((until - SECONDS)) python3 -m invoke organism --config configs/organism.yaml --set organism.out=$out \
+      "${val[@]}" "${common[@]}" "${only[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/base.log
+    [ -f $root/model/config.json ] || { echo "$out base: $(tail -c 300 $root/run/metrics.jsonl | tail -1 | cut -c1-60)"; return 0; }
+  fi
+  echo "$out base: $(tail -1 $root/base.log)"
+  [ -f $root/runs/lora/final/lora.safetensors ] && return 0
+  timeout $((until - SECONDS)) python3 -m invoke train --config configs/organism.yaml --resume --set model.source=$root/model \
+    --set train.data=$out/train.pack.safetensors --set train.out=$out/runs/lora "${val[@]}" "${common[@]}" 2>&1 \
+    | tr "\r" "\n" | grep -v "step/s" >> $root/lora.log
+  echo "$out lora: $(tail -1 $root/lora.log)"
+}
+bundle() {  # organism/ and any organism-NAME/ beside it (from `pair`): their bases without the Mimi, LoRAs, logs
+  local b=/tmp/bundle files=() o
   rm -rf $b && mkdir -p $b
-  (cd artifacts/$o/model && sha256sum mimi-*.safetensors) > artifacts/$o/model.mimi.sha256
-  tar -C artifacts -cf - --exclude="$o/model/mimi-*" $o/model $o/model.mimi.sha256 $o/distill/mimi \
-    $o/run/metrics.jsonl $o/runs/lora/final/lora.safetensors $o/runs/lora/final/config.json $o/runs/lora/metrics.jsonl \
+  for o in organism $(cd artifacts && ls -d organism-* 2>/dev/null); do
+    [ -f artifacts/$o/model/config.json ] || continue
+    (cd artifacts/$o/model && sha256sum mimi-*.safetensors) > artifacts/$o/model.mimi.sha256
+    files+=($o/model $o/model.mimi.sha256 $o/run/metrics.jsonl)
+    for f in base.log lora.log runs/lora/final/lora.safetensors runs/lora/final/config.json runs/lora/metrics.jsonl; do
+      [ -f artifacts/$o/$f ] && files+=($o/$f)
+    done
+  done
+  tar -C artifacts -cf - --exclude="organism*/model/mimi-*" "${files[@]}" organism/distill/mimi \
     | split -b 15M -d -a 2 - $b/part- || return 1
   (cd $b && sha256sum part-*) > $b/SHA256SUMS
   echo "bundle: $(ls $b/part-* | wc -l) parts, $(du -sh $b | cut -f1)"
@@ -198,7 +251,9 @@ case "$1" in
   lora+bundle) lora 300 "${@:2}"; rm -f $OUT/lora*.safetensors $OUT/lora_*.json*  # they are in the bundle
     bundle && bash "$0" fetch 0 ;;
   bundle) bundle ;;
+  pair) pair "${@:2}" ;;
+  pair+bundle) pair "${@:2}" && [ "$(ls artifacts/organism*/runs/lora/final/lora.safetensors | wc -l)" -ge 2 ] && bundle && bash "$0" fetch 0 ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|all|base|lora|lora+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
 esac

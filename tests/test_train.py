@@ -134,6 +134,42 @@ def test_batch_targets_line_up_with_the_audio(samples, tiny_ckpt):
     assert written == expected
 
 
+def test_codebook_dropout_keeps_text_start_and_first_codebook_and_drops_a_suffix(samples, tiny_ckpt):
+    tok = Checkpoint.open(tiny_ckpt).tokenizer
+    n0 = samples[0].frames
+    one = tr.make_batch([[(0, 0, n0)]], samples, n0, tok.encode, 1000, 64, delay=0.5).inputs
+    inputs = one.repeat(2000, 1, 1)
+    n_q = inputs.shape[1] - 1
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(tr.drop_codebooks(inputs, 0.0, generator), inputs)
+    for share in (1.0, 0.5):
+        out = tr.drop_codebooks(inputs, share, generator)
+        assert torch.equal(out[:, :2], inputs[:, :2]) and torch.equal(out[:, :, 0], inputs[:, :, 0])
+        dropped = (out[:, 1:, 1:] == tr.IGNORE).all(-1)                      # [windows, n_q]
+        untouched = (out[:, 1:, 1:] == inputs[:, 1:, 1:]).all(-1)
+        assert (dropped ^ untouched).all()                                   # a codebook is kept or dropped whole
+        kept = untouched.sum(1)
+        assert torch.equal(untouched, torch.arange(n_q)[None] < kept[:, None])  # the dropped ones are a suffix
+        whole = (kept == n_q).float().mean().item()
+        counts = torch.bincount(kept, minlength=n_q + 1)[1:].float() / len(kept)
+        if share == 1.0:  # k uniform in 1..n_q
+            assert (abs(counts - 1 / n_q) < 0.4 / n_q).all(), counts
+        else:             # half the windows untouched, plus the uniform draw that keeps them all
+            assert abs(whole - (0.5 + 0.5 / n_q)) < 0.05, whole
+
+
+def test_moshi_embeds_a_dropped_codebook_as_zero(tiny_ckpt, tmp_path, samples, monkeypatch):
+    lm = Checkpoint.open(tiny_ckpt).load_lm(dtype=torch.float32)
+    with torch.no_grad():
+        assert all(float(emb(torch.full((1, 3), tr.IGNORE)).abs().max()) == 0 for emb in lm.emb)
+    calls, real = [], tr.drop_codebooks
+    monkeypatch.setattr(tr, "drop_codebooks", lambda inputs, share: calls.append(share) or real(inputs, share))
+    rows = metrics(tr.train(config(tmp_path, steps=4, codebook_dropout=0.5), tiny_ckpt, samples=samples))
+    assert calls == [0.5] * 4 and all(r["loss"] == r["loss"] for r in rows)
+    tr.train(config(tmp_path / "off", steps=2), tiny_ckpt, samples=samples)
+    assert len(calls) == 4  # off by default
+
+
 def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
     cfg = config(tmp_path)
     run = tr.train(cfg, tiny_ckpt, samples=samples)
