@@ -346,9 +346,13 @@ class OrganismConfig:
     lr: float = doc("Peak learning rate of the from-scratch training (AdamW, cosine).", 1e-3)
     batch_size: int = doc("Windows per step of the from-scratch training.", 16)
     warmup_steps: int = doc("Warm-up steps of the from-scratch training.", 100)
+    codebook_dropout: float = doc("train.codebook_dropout of the from-scratch training (the base only; the "
+                                  "fine-tune keeps its own train.codebook_dropout, off).", 0.0)
     seed: int = doc("Seed of the initial weights, the Mimi and the training order.", 0)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.codebook_dropout <= 1:
+            raise ConfigError(f"organism.codebook_dropout must be between 0 and 1, got {self.codebook_dropout}")
         for name in ("dim", "num_layers", "num_heads", "n_q", "card", "text_card", "mimi_filters", "mimi_dim",
                      "steps", "batch_size"):
             if getattr(self, name) < 1:

@@ -82,7 +82,7 @@ def organism_train_config(cfg: Config) -> Config:
     train = dataclasses.replace(cfg.train, data=str(paths["pack"].resolve()), out=str(paths["run"].resolve()),
                                 method="full", number_form="digits", steps=o.steps, lr=o.lr,
                                 batch_size=o.batch_size, warmup_steps=o.warmup_steps, seed=o.seed,
-                                schedule="cosine", head_loss="supervised")
+                                schedule="cosine", head_loss="supervised", codebook_dropout=o.codebook_dropout)
     return dataclasses.replace(cfg, train=train)
 
 

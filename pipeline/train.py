@@ -470,14 +470,15 @@ def compile_mode(mode: str, world: int) -> str:
     return "reduce-overhead" if world == 1 else "default"
 
 
-def train_step(trainer: Trainer, batch: Batch, lr: float) -> dict[str, torch.Tensor]:
+def train_step(trainer: Trainer, batch: Batch, lr: float, step: int = 0) -> dict[str, torch.Tensor]:
     """Forward, loss, backward, clip and optimizer step on one batch. Returns the figures as
-    tensors on the device (reading them synchronizes; the caller decides when)."""
+    tensors on the device (reading them synchronizes; the caller decides when). `step` seeds the
+    codebook dropout, so a resumed run drops what the uninterrupted one did."""
     tc, device = trainer.tc, trainer.device
     batch = batch.map_tensors(lambda t: t.to(device, non_blocking=True))
     inputs = batch.inputs
     if tc.codebook_dropout > 0:
-        inputs = drop_codebooks(inputs, tc.codebook_dropout)
+        inputs = drop_codebooks(inputs, tc.codebook_dropout, torch.Generator().manual_seed(tc.seed * 1_000_003 + step))
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.autocast):
         base_pause = None
         if tc.head_loss == "distill":
@@ -730,7 +731,7 @@ def train(cfg: Config, ckpt: Checkpoint | Path, resume: bool = False, samples: l
             if profiled is not None and step == profiled.start:
                 profiler = start_profiler(device)
             batch = next(batches)
-            out = train_step(trainer, batch, lr_at(step, tc))
+            out = train_step(trainer, batch, lr_at(step, tc), step)
             step += 1
             pending.append((step, batch, lr_at(step - 1, tc), clock.lap(), out))
             bar.update(1)

@@ -11,6 +11,18 @@
 #   scripts/organism_gpu.sh fetch 4; ... fetch 8; ... fetch 12            # each in the 30 s warm window
 #   scripts/organism_gpu.sh unbundle DIR...                                 # here, then merge, export, eval
 #
+# The standard-Mimi pair (2026-12-06, 08:47-09:08 UTC): the default organism and one with
+# quantizer dropout in its base, side by side on one Mimi and pack (8 calls on one warm H100, 20 min held):
+#   invoke organism --config configs/organism.yaml $S --set organism.distill_train_seconds=14400 --stage prepare-distill
+#   (here: 4 h of streams; with .whl they pass the box's 64 MiB, so the first call carries train.ogg alone:)
+#   ls                                # carry artifacts/organism/distill/prepared/train.ogg
+#   scripts/organism_gpu.sh distill+dataset+pack 100 $S --set organism.distill_time_limit_s=240
+#                                     # carry .whl and the other three files of artifacts/organism/distill/prepared
+#   scripts/organism_gpu.sh pair 560 cb=organism.codebook_dropout=0.5 $S --set data.out=organism/data-box
+#   scripts/organism_gpu.sh pair+bundle 330 cb=organism.codebook_dropout=0.5 $S --set data.out=organism/data-box
+#   scripts/organism_gpu.sh fetch 4; ... fetch 8; ... fetch 12; ... fetch 16
+#   scripts/organism_gpu.sh unbundle DIR...                                 # here: organism/ and organism-cb/
+#
 # Every mode:
 #   scripts/organism_gpu.sh distill  the organism's Mimi distilled from Whisper tiny.en (issue #16);
 #                                    carry .whl and artifacts/organism/distill/prepared (made here by
@@ -23,6 +35,13 @@
 #                                  SECONDS (the pack's rate on the box: pack.log); `--set organism.mimi_arch=standard
 #                                  --set organism.card=2048` distills Kyutai's standard Mimi (then pass the
 #                                  same --set options to `base` and `lora+bundle`, with --set data.out=organism/data-box)
+#   scripts/organism_gpu.sh pair SECONDS NAME=KEY=VALUE,... [--set ...]
+#                                  after distill+dataset+pack: the pack's rest, the held-out pack, then the default
+#                                  organism and organism-NAME (its base with those --set options) side by side, each
+#                                  base scored on the held-out pack every 250 steps, then each fine-tuned by the
+#                                  config's LoRA; all within SECONDS, resumable by the same call again
+#   scripts/organism_gpu.sh pair+bundle SECONDS NAME=KEY=VALUE,... [--set ...]
+#                                  the same, then (once both LoRAs exist) `bundle` of both and `fetch 0`
 #   scripts/organism_gpu.sh lora+bundle [--set ...]
 #                                  on the warm box after `base`: the LoRA, then `bundle` and `fetch 0`
 #   scripts/organism_gpu.sh bundle / fetch N

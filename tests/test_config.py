@@ -49,6 +49,7 @@ def test_yaml_yes_and_no_stay_words_in_text_fields(tmp_path):
         ("", ["checkpoint.seed"], "expected section.field=value"),
         ("", ["verify.device=gpu"], "verify.device must be 'cpu' or 'cuda'"),
         ("", ["train.codebook_dropout=1.5"], "train.codebook_dropout must be between 0 and 1"),
+        ("", ["organism.codebook_dropout=-0.1"], "organism.codebook_dropout must be between 0 and 1"),
         ("", ["serve.bench_streams=64,x"], "serve.bench_streams must be positive whole numbers"),
         ("", ["serve.bench_streams=64,0"], "serve.bench_streams must be positive whole numbers"),
         ("", ["serve.bench_streams=64,100", "serve.bench_processes=3"],
@@ -75,3 +76,11 @@ def test_rendered_config_is_documented_and_loads_back(tmp_path):
     path.write_text(text)
     assert load_config(path) == Config()
     assert yaml.safe_load(text)["model"]["source"] == "tiny"
+
+
+def test_organism_codebook_dropout_reaches_the_base_and_not_the_fine_tune():
+    from pipeline.organism import organism_train_config
+
+    cfg = load_config(None, ["organism.codebook_dropout=0.5"])
+    assert organism_train_config(cfg).train.codebook_dropout == 0.5
+    assert cfg.train.codebook_dropout == 0.0  # what `invoke train` (the LoRA) reads

@@ -163,7 +163,7 @@ def test_moshi_embeds_a_dropped_codebook_as_zero(tiny_ckpt, tmp_path, samples, m
     with torch.no_grad():
         assert all(float(emb(torch.full((1, 3), tr.IGNORE)).abs().max()) == 0 for emb in lm.emb)
     calls, real = [], tr.drop_codebooks
-    monkeypatch.setattr(tr, "drop_codebooks", lambda inputs, share: calls.append(share) or real(inputs, share))
+    monkeypatch.setattr(tr, "drop_codebooks", lambda inputs, share, gen: calls.append(share) or real(inputs, share, gen))
     rows = metrics(tr.train(config(tmp_path, steps=4, codebook_dropout=0.5), tiny_ckpt, samples=samples))
     assert calls == [0.5] * 4 and all(r["loss"] == r["loss"] for r in rows)
     tr.train(config(tmp_path / "off", steps=2), tiny_ckpt, samples=samples)
@@ -273,8 +273,10 @@ def tr_non_lm_keys():
     return NON_LM_KEYS
 
 
-def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, tiny_ckpt, samples, monkeypatch):
-    straight = tr.train(config(tmp_path / "a", steps=12, save_every=4), tiny_ckpt, samples=samples)
+@pytest.mark.parametrize("codebook_dropout", [0.0, 0.5])
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, tiny_ckpt, samples, monkeypatch, codebook_dropout):
+    straight = tr.train(config(tmp_path / "a", steps=12, save_every=4, codebook_dropout=codebook_dropout), tiny_ckpt,
+                        samples=samples)
 
     real, calls = tr.make_batch, {"n": 0}
 
@@ -284,7 +286,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, tiny_ckpt, 
             raise KeyboardInterrupt("killed (simulated)")
         return real(*args, **kwargs)
 
-    cfg = config(tmp_path / "b", steps=12, save_every=4)
+    cfg = config(tmp_path / "b", steps=12, save_every=4, codebook_dropout=codebook_dropout)
     monkeypatch.setattr(tr, "make_batch", dies_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         tr.train(cfg, tiny_ckpt, samples=samples)
