@@ -224,6 +224,10 @@ pair() {  # SECONDS NAME=KEY=VALUE,... [--set ...]: the default organism (organi
   wait
   date -u
 }
+paired() {  # both LoRAs of a `pair` run exist
+  [ "$(ls artifacts/organism*/runs/lora/final/lora.safetensors 2>/dev/null | wc -l)" -ge 2 ] \
+    || { echo "the pair is unfinished: run the same call again" >&2; return 1; }
+}
 twin() {  # OUT UNTIL COMMON... [-- BASE-ONLY...]: a base (resumed), then its LoRA, each within the time left
   local out=$1 until=$2 common=() only=() root=artifacts/$1 val=(--set train.val_data=organism/eval.pack.safetensors
     --set train.val_every=250)
@@ -271,7 +275,7 @@ case "$1" in
     bundle && bash "$0" fetch 0 ;;
   bundle) bundle ;;
   pair) pair "${@:2}" ;;
-  pair+bundle) pair "${@:2}" && [ "$(ls artifacts/organism*/runs/lora/final/lora.safetensors | wc -l)" -ge 2 ] && bundle && bash "$0" fetch 0 ;;
+  pair+bundle) pair "${@:2}" && paired && bundle && bash "$0" fetch 0 ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
   *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
