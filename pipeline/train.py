@@ -229,8 +229,8 @@ def drop_codebooks(inputs: torch.Tensor, share: float, generator: torch.Generato
     1..n_q, so the first (semantic) codebook is always kept and the window may keep every one. The
     start tokens (t = 0) stay: the model always begins a stream the same way."""
     batch, rows, _ = inputs.shape
-    kept = torch.randint(1, rows, (batch, 1), generator=generator, device=generator.device if generator else "cpu")
-    dropped = torch.rand(batch, 1, generator=generator, device=kept.device) < share
+    kept = torch.randint(1, rows, (batch, 1), generator=generator)           # drawn on the CPU: B numbers
+    dropped = torch.rand(batch, 1, generator=generator) < share
     kept = torch.where(dropped, kept, rows - 1).to(inputs.device)
     codebook = torch.arange(1, rows, device=inputs.device)[None]          # [1, n_q]: 1-based codebook index
     mask = (codebook > kept)[:, :, None].expand(-1, -1, inputs.shape[-1] - 1)
