@@ -1,4 +1,10 @@
-"""Shared fixtures: one tiny checkpoint per test session, built the way users get it."""
+"""Shared fixtures: one tiny checkpoint per test session, built the way users get it, and a
+folder per test module for the module's shared fixtures.
+
+Disk: the suite builds several standard-Mimi checkpoints and exports (0.4 to 1 GB each), and CI's
+disk is not large. Each test's `tmp_path` goes when the test passes (`tmp_path_retention_policy`
+in pyproject.toml) and each module's shared folder when its tests are done, so the peak is about
+one module's fixtures plus one test's files, not the sum of the suite's (5.6 GB before)."""
 
 from __future__ import annotations
 
@@ -14,6 +20,17 @@ from pipeline.presets import make_checkpoint
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A freshly built tiny checkpoint. Treat as read-only; use `tiny_copy` to modify."""
     return make_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Path:
+    """A folder for one module's shared fixtures (put each in its own subfolder), removed once the
+    module's tests are done, unless one failed: then it stays for a look, as a failed test's does."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

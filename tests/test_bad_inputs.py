@@ -242,9 +242,9 @@ PROMPTS = {  # a recording's `.prompt.json` beside good audio
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
+def imported(module_tmp):
     """One `invoke data` build importing a folder with every bad kind of audio and prompt file."""
-    tmp = tmp_path_factory.mktemp("import")
+    tmp = module_tmp
     src = tmp / "mine"
     src.mkdir()
     speech = _speech()

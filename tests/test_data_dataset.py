@@ -23,9 +23,9 @@ def _cfg(tmp: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(module_tmp):
     """A small dataset with every source: espeak (en, fr) and piper aligned by Whisper."""
-    tmp = tmp_path_factory.mktemp("data")
+    tmp = module_tmp
     cfg = _cfg(tmp, "data.count=24", "data.piper_fraction=0.15", "data.french_fraction=0.2", "data.seed=1",
                "data.eval_fraction=0.2")
     return build_dataset(cfg)

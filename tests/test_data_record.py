@@ -61,8 +61,8 @@ def test_too_short_take_is_not_saved(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("import")
+def imported(module_tmp):
+    tmp = module_tmp
     src = tmp / "mine"
     (src / "sub").mkdir(parents=True)
     clips = {  # name: (text spoken, transcript file or None, rate, channels, format)

@@ -29,12 +29,12 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def candidate(tiny_ckpt, tmp_path_factory) -> Path:
+def candidate(tiny_ckpt, module_tmp) -> Path:
     """The tiny checkpoint with a sharper head 2 and a perturbed text head: a different model."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    out = Path(shutil.copytree(tiny_ckpt, tmp_path_factory.mktemp("cand") / "tiny-ft"))
+    out = Path(shutil.copytree(tiny_ckpt, module_tmp / "cand" / "tiny-ft"))
     tensors = load_file(str(out / "model.safetensors"))
     gen = torch.Generator().manual_seed(1)
     tensors["extra_heads.2.weight"] = (tensors["extra_heads.2.weight"].float() * 8).to(torch.bfloat16)
@@ -45,12 +45,13 @@ def candidate(tiny_ckpt, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
+def dataset(module_tmp) -> Path:
     """A dataset folder in `invoke data`'s layout: speech-like audio, word timings, number spans."""
     from pipeline.presets import synthetic_audio
     from pipeline.data.audio import write_wav
 
-    folder = tmp_path_factory.mktemp("data")
+    folder = module_tmp / "data"
+    folder.mkdir()
     (folder / "eval").mkdir()
     lines = []
     for i, (words, spans) in enumerate(SENTENCES):

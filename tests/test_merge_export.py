@@ -19,7 +19,7 @@ RANK, SCALING = 4, 2.0
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_ckpt, tmp_path_factory):
+def adapter(tiny_ckpt, module_tmp):
     """A LoRA with non-zero B on every Linear, saved the way `invoke train` saves it."""
     torch.manual_seed(0)
     lm = Checkpoint.open(tiny_ckpt).load_lm()
@@ -27,7 +27,7 @@ def adapter(tiny_ckpt, tmp_path_factory):
     for name, param in lm.named_parameters():
         if ".lora_B." in name:
             torch.nn.init.normal_(param, std=0.05)
-    out = tmp_path_factory.mktemp("adapter") / "final"
+    out = module_tmp / "adapter" / "final"
     save_adapter(out, lm, Checkpoint.open(tiny_ckpt).info.raw_config, RANK, SCALING, ft_embed=False)
     return out, lm
 

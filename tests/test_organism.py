@@ -39,11 +39,11 @@ def _invoke(*args: str, artifacts: Path, check: bool = True) -> str:
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> dict:
+def experiment(module_tmp) -> dict:
     """The stages of `invoke all` one by one: verify-candle's bf16 row is a gate for shipped
     models, and a model this briefly trained has near-ties that bf16 may flip (98 % was seen),
     so its table is read here instead of stopping the run."""
-    artifacts = tmp_path_factory.mktemp("artifacts")
+    artifacts = module_tmp
     _invoke("organism", artifacts=artifacts)
     for stage in ("data", "train", "merge", "export"):
         _invoke(stage, artifacts=artifacts)

@@ -59,8 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def served_export(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server")
+def served_export(module_tmp):
+    tmp = module_tmp
     ckpt = make_checkpoint("server", tmp / "server", seed=0)
     _make_it_write_words(ckpt)
     return export(ckpt, tmp / "export", device="cpu")
@@ -70,9 +70,9 @@ DATA = ["data.count=12", "data.eval_fraction=0.34", "data.piper_fraction=0", "da
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
+def dataset(module_tmp) -> Path:
     """A small espeak dataset (a few eval clips)."""
-    return build_dataset(load_config(None, [f"artifacts={tmp_path_factory.mktemp('data')}", *DATA]))
+    return build_dataset(load_config(None, [f"artifacts={module_tmp / 'data'}", *DATA]))
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,8 @@ def clips(dataset) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def server_url(served_export, tmp_path_factory):
-    with running_server(served_export, tmp_path_factory.mktemp("serve")) as url:
+def server_url(served_export, module_tmp):
+    with running_server(served_export, module_tmp / "serve") as url:
         yield url
 
 
