@@ -33,8 +33,12 @@ Definitions (the tests check each on hand-built cases):
   inserted right before or after it. Timing-free, so it also works without alignments, and a
   base model writing "1296803" for seven spoken digits still lands on the span. "Written with
   digits": one of those words contains a digit. "Exact in word form": they equal the reference
-  words (same normalization). A limitation: if the model also drops the word just before a
-  number, jiwer may put the digits on that word instead.
+  words (same normalization). "Digits right": for a span read digit by digit (its reference
+  words' digits equal its written number's), the hypothesis words give the same digits, in
+  either form ("855-1235" or "eight double five one two three five"; letters and symbols left
+  out): recognition apart from form, comparable between the base and the candidate. A
+  limitation: if the model also drops the word just before a number, jiwer may put the digits
+  on that word instead.
 - Premature cut-off. The rule turns on (on at step s, off at step s - 1; off before the stream)
   at an emission time after the first word has started and before the last word has started,
   from the alignments: the speaker is still talking. Each such onset is one cut-off; those

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.eval import (Reference, Rules, Span, decode_words, end_of_turn_flags, error_counts, score_utterance,
                            span_hypotheses, summarize, vad_metrics)
-from pipeline.evaluate.metrics import (Turn, fired_steps, normalize_reference, normalize_word, smoothed, step_times,
-                                       unmute_rule)
+from pipeline.evaluate.metrics import (Turn, fired_steps, normalize_reference, normalize_word, smoothed, span_digits,
+                                       step_times, unmute_rule)
 from pipeline.evaluate.sources import EvalError, from_utterance, read_transcribed_folder, transcript_words
 
 PIECES = {10: "▁Hel", 11: "lo", 12: "▁12", 13: "▁nine", 14: "▁six"}
@@ -193,7 +193,8 @@ def test_score_and_summary_of_base_writing_digits_vs_candidate_writing_words():
     cand = [score_utterance(TIMED, ["Call", "one", "two", "now."], cand_pause, rules),
             score_utterance(plain, ["Hello", "there,", "friend."], plain_pause, rules)]
     assert base[0]["spans"][0] | {"cut": None} == {"written": "12", "reference": "one two", "hypothesis": "12",
-                                                   "digits": True, "exact": False, "interval": [0.96, 1.68], "cut": None}
+                                                   "digits": True, "exact": False, "digits_right": True,
+                                                   "interval": [0.96, 1.68], "cut": None}
     assert base[0]["spans"][0]["cut"] == {"threshold": True, "unmute": True}
     assert cand[0]["spans"][0]["exact"] and not cand[0]["spans"][0]["digits"]
 
@@ -219,6 +220,49 @@ def test_score_and_summary_of_base_writing_digits_vs_candidate_writing_words():
 
     assert c["vad"]["unmute"]["cutoffs"] == 0 and b["vad"]["unmute"]["cutoffs_in_numbers"] == 1
     json.dumps([b, c, base, cand])  # every figure is JSON-ready
+
+
+@pytest.mark.parametrize("ref, written, hyp, expected", [
+    # the base's digit forms, punctuation and grouping aside
+    ("eight double five one two three five", "8551235", ["8551235."], True),
+    ("eight double five one two three five", "8551235", ["855-1235"], True),
+    ("eight double five one two three five", "8551235", ["851135"], False),  # one digit dropped
+    ("nine three eight five one nine eight", "9385198", ["#9385198"], True),
+    ("plus one seven five six three five five one two three three", "+1 (756) 355-1233",
+     ["+1", "(756)", "355-1233"], True),
+    ("plus one seven five six three five five one two three three", "+1 (756) 355-1233",
+     ["+1", "756-355-0233"], False),
+    # the candidate's word forms: "double five" and "five five" are the same digits
+    ("eight double five one two three five", "8551235", "eight five five one two three five".split(), True),
+    ("eight double five one two three five", "8551235", "eight double five one three five".split(), False),
+    ("nine zero five five eight five", "905585", "nine oh five five eight five".split(), True),
+    # letters are left out: a wrong letter with the right digits has its digits right
+    ("m l one five four", "ML154", "m n one five four".split(), True),
+    ("m l one five four", "ML154", "m l one five".split(), False),
+    ("zéro six douze", "0612", "zéro six douze".split(), True),  # French pairs
+    ("eight double five", "855", [], False),  # nothing written on the span
+    ("twelve", "12", ["12"], None),  # a value, not read digit by digit
+    ("twenty one", "21", ["21"], None),
+    ("one two", "", ["12"], None),  # no written form to compare with
+])
+def test_digits_right_in_either_form(ref, written, hyp, expected):
+    assert span_digits(ref.split(), written, hyp) is expected
+
+
+def test_digits_right_in_the_summary_counts_only_spans_read_digit_by_digit():
+    pause = np.zeros((STEPS, 4))
+    ref = Reference("n", ["Call", "one", "two,", "at", "twelve."], [(0.4, 0.8), (0.96, 1.2), (1.3, 1.68), (1.8, 2.0),
+                                                                     (2.1, 2.4)],
+                    [Span(1, 2, "12"), Span(4, 4, "12")])
+    base = score_utterance(ref, ["Call", "12,", "at", "12."], pause, Rules())
+    cand = score_utterance(ref, ["Call", "one", "three", "at", "twelve."], pause, Rules())
+    assert [sp["digits_right"] for sp in base["spans"]] == [True, None]
+    assert [sp["digits_right"] for sp in cand["spans"]] == [False, None]
+    b, c = summarize([base]), summarize([cand])
+    assert (b["digit_read_spans"], b["digits_right_spans"], b["digits_right_share"]) == (1, 1, 1.0)
+    assert (c["digit_read_spans"], c["digits_right_spans"], c["digits_right_share"]) == (1, 0, 0.0)
+    old = {**base, "spans": [{k: v for k, v in sp.items() if k != "digits_right"} for sp in base["spans"]]}
+    assert summarize([old])["digits_right_share"] is None  # a report written before the figure existed
 
 
 def test_end_of_turn_flags_at_their_edges():

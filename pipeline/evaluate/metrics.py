@@ -152,6 +152,28 @@ def has_digit(words: Sequence[str]) -> bool:
     return any(ch.isdigit() for w in words for ch in w)
 
 
+_DIGIT_LANGS = ("en", "fr")
+_TOKEN_SPLIT = re.compile(r"[^\w-]+")  # "+1", "(756)", "1,296" -> "1", "756", "1", "296"; hyphens: see digits_of
+
+
+def span_digits(ref_words: Sequence[str], written: str, hyp_words: Sequence[str]) -> bool | None:
+    """Whether the hypothesis of a span read digit by digit has its digits right, in either form
+    ("8551235", "855-1235" or "eight double five one two three five"). Letters and symbols are
+    left out, so this measures recognizing the digits apart from the form they are written in.
+    None for a span not read digit by digit (its spoken digits are not its written ones: "twelve",
+    "twenty one"), or when there is nothing to compare with (no written form)."""
+    from ..data.normalize import digits_of
+
+    want = re.sub(r"\D", "", written)
+    if not want:
+        return None
+    for lang in _DIGIT_LANGS:  # the reference's language: the one whose digit words read it
+        if digits_of(list(ref_words), lang) == want:
+            tokens = [t for w in hyp_words for t in _TOKEN_SPLIT.split(w) if t]
+            return digits_of(tokens, lang) == want
+    return None
+
+
 def span_hypotheses(ref: Sequence[str], hyp: Sequence[str], spans: Sequence[tuple[int, int] | None]) -> list[list[str]]:
     """The hypothesis words of each reference span, from jiwer's word alignment.
 
@@ -286,6 +308,7 @@ def score_utterance(ref: Reference, hyp_words: Sequence[str], pause: np.ndarray,
         span_rows.append({
             "written": span.written, "reference": " ".join(words), "hypothesis": " ".join(hyp),
             "digits": has_digit(hyp), "exact": bool(words) and hyp == words,
+            "digits_right": span_digits(words, span.written, hyp),
             "interval": list(numbers[i]) if numbers[i] else None,
             "cut": {name: vad[name]["spans_cut"][i] for name in RULES},
         })
@@ -337,6 +360,7 @@ def summarize(scores: Sequence[dict]) -> dict:
     with_numbers = [s for s in scores if s["spans"]]
     other = [s for s in scores if not s["spans"]]
     digits, exact = sum(sp["digits"] for sp in spans), sum(sp["exact"] for sp in spans)
+    read = [sp["digits_right"] for sp in spans if sp.get("digits_right") is not None]  # reports before it: none
     return {
         "utterances": len(scores),
         "number_utterances": len(with_numbers),
@@ -345,6 +369,9 @@ def summarize(scores: Sequence[dict]) -> dict:
         "digit_share": _share(digits, len(spans)),
         "exact_spans": exact,
         "exact_share": _share(exact, len(spans)),
+        "digit_read_spans": len(read),  # spans read digit by digit, the ones `digits_right` scores
+        "digits_right_spans": sum(read),
+        "digits_right_share": _share(sum(read), len(read)),
         "wer": {"all": error_counts([s["ref_words"] for s in scores], [s["hyp_words"] for s in scores]),
                 "numbers": error_counts([s["ref_words"] for s in with_numbers], [s["hyp_words"] for s in with_numbers]),
                 "other": error_counts([s["ref_words"] for s in other], [s["hyp_words"] for s in other])},

@@ -48,6 +48,7 @@ def summary_rows(summary: dict, rules: dict) -> list[tuple[str, ...]]:
         row("number spans", lambda s: str(s["number_spans"])),
         row("spans written with digits", lambda s: _pct(s["digit_share"])),
         row("spans exact in word form", lambda s: _pct(s["exact_share"])),
+        row("spans with the right digits, either form", lambda s: _pct(s.get("digits_right_share"))),
         row("WER, utterances with numbers", lambda s: _pct(s["wer"]["numbers"]["wer"])),
         row("WER, other utterances", lambda s: _pct(s["wer"]["other"]["wer"])),
         row("WER, all", lambda s: _pct(s["wer"]["all"]["wer"])),
