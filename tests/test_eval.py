@@ -239,6 +239,11 @@ def test_score_and_summary_of_base_writing_digits_vs_candidate_writing_words():
     # letters are left out: a wrong letter with the right digits has its digits right
     ("m l one five four", "ML154", "m n one five four".split(), True),
     ("m l one five four", "ML154", "m l one five".split(), False),
+    ("m l one five four", "ML-154", ["ML154"], True),  # the base's code form, letters glued to digits
+    ("m l one five four", "ML-154", ["sau154"], True),
+    ("k seven seven", "K-77", ["kp-78"], False),
+    ("one two nine six", "1296", ["1,296"], True),
+    ("trente-quatre", "34", ["trente-quatre"], True),  # a French pair, hyphenated
     ("zéro six douze", "0612", "zéro six douze".split(), True),  # French pairs
     ("eight double five", "855", [], False),  # nothing written on the span
     ("twelve", "12", ["12"], None),  # a value, not read digit by digit

@@ -153,7 +153,9 @@ def has_digit(words: Sequence[str]) -> bool:
 
 
 _DIGIT_LANGS = ("en", "fr")
-_TOKEN_SPLIT = re.compile(r"[^\w-]+")  # "+1", "(756)", "1,296" -> "1", "756", "1", "296"; hyphens: see digits_of
+# Runs of digits, and words (hyphenated French pairs kept): "+1" "(756)" "355-1233" "ML154" "1,296"
+# -> "1" "756" "355" "1233" "ML" "154" "1" "296"; "trente-quatre" stays one word.
+_TOKENS = re.compile(r"\d+|[^\W\d_]+(?:-[^\W\d_]+)*")
 
 
 def span_digits(ref_words: Sequence[str], written: str, hyp_words: Sequence[str]) -> bool | None:
@@ -169,7 +171,7 @@ def span_digits(ref_words: Sequence[str], written: str, hyp_words: Sequence[str]
         return None
     for lang in _DIGIT_LANGS:  # the reference's language: the one whose digit words read it
         if digits_of(list(ref_words), lang) == want:
-            tokens = [t for w in hyp_words for t in _TOKEN_SPLIT.split(w) if t]
+            tokens = [t for w in hyp_words for t in _TOKENS.findall(w)]
             return digits_of(tokens, lang) == want
     return None
 
