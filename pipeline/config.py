@@ -199,6 +199,12 @@ class TrainConfig:
         "the LM read the words from the first codebook, which carries them across voices, not from the "
         "acoustic ones, which carry the voice. 0 (off) for fine-tuning Kyutai's model, which was "
         "trained on every codebook.", 0.0)
+    served_starts: float = doc(
+        "Share of training utterances whose first frame carries the codes moshi-server gives it: the "
+        "server's slot reset encodes a new connection's first Mimi frame differently from a fresh "
+        "stream, and only that frame (README, \"Serving\"), which the model never saw in training. "
+        "The share is drawn once per run from train.seed, the same utterances in every epoch. 0: "
+        "every utterance starts as a fresh stream does.", 0.0)
     augmented: bool = doc("Train on the augmented copies a code pack holds (`invoke pack` with "
                           "data.augment_copies) as well as its clips as recorded; false keeps the recorded "
                           "clips only: the control of an augmentation, on exactly the same clips.", True)
@@ -437,8 +443,9 @@ def _validate(cfg: Config, where: str) -> None:
     for name in ("lora_rank", "steps", "batch_size", "log_every", "save_every", "val_every"):
         if getattr(cfg.train, name) < 1:
             raise ConfigError(f"{where}: train.{name} must be at least 1, got {getattr(cfg.train, name)}")
-    if not 0 <= cfg.train.codebook_dropout <= 1:
-        raise ConfigError(f"{where}: train.codebook_dropout must be between 0 and 1, got {cfg.train.codebook_dropout}")
+    for name in ("codebook_dropout", "served_starts"):
+        if not 0 <= getattr(cfg.train, name) <= 1:
+            raise ConfigError(f"{where}: train.{name} must be between 0 and 1, got {getattr(cfg.train, name)}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"{where}: train.lr must be positive, got {cfg.train.lr}")
     if cfg.merge.dtype not in ("bf16", "f32"):

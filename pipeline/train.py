@@ -375,16 +375,16 @@ def load_samples(cfg: Config, ckpt: Checkpoint, device: str, data: str | None = 
     source = cfg.output_path(data or cfg.train.data)
     mimi_file = ckpt.files["mimi"]
     if source.is_file():
-        labels, codes, delay = read_pack(source, mimi_file)
+        labels, codes, firsts, delay = read_pack(source, mimi_file)
         if not cfg.train.augmented:
             kept = [i for i, entry in enumerate(labels) if "augment" not in entry]
-            labels, codes = [labels[i] for i in kept], [codes[i] for i in kept]
+            labels, codes, firsts = [labels[i] for i in kept], [codes[i] for i in kept], [firsts[i] for i in kept]
     else:
         utterances = read_split(source, split)
         delay = dataset_text_delay(source)
         labels = [{"path": str(u.path), "alignments": u.alignments, "number_spans": u.number_spans} for u in utterances]
         cache = CodeCache(ckpt.load_mimi(device), mimi_file, cfg.artifacts_dir / "cache" / "codes", device)
-        codes = cache.encode_all([u.path for u in utterances])
+        codes, firsts = zip(*cache.encode_with_served_first([u.path for u in utterances])) if utterances else ((), ())
     if not labels:
         raise TrainingError(f"{source} holds no {split} utterances; build a dataset with `invoke data`")
     if delay is not None and abs(delay - ckpt.text_delay) > 1e-9:
@@ -393,7 +393,23 @@ def load_samples(cfg: Config, ckpt: Checkpoint, device: str, data: str | None = 
                             f"{ckpt.text_delay:g}")
     if problem := unencodable_summary(labels, ckpt.tokenizer.encode):
         tqdm.write(f"warning: {problem}")
+    if split == "train" and cfg.train.served_starts > 0:
+        codes = served_starts(codes, firsts, cfg.train.served_starts, cfg.train.seed)
     return [sample_of(entry, c, cfg.train.number_form) for entry, c in zip(labels, codes)]
+
+
+def served_starts(codes: Sequence[torch.Tensor], served_first: Sequence[torch.Tensor], share: float,
+                  seed: int) -> list[torch.Tensor]:
+    """`codes` with frame 0 of round(share * N) utterances, drawn from `seed`, replaced by the
+    codes moshi-server gives that frame (train.served_starts); the others unchanged."""
+    chosen = set(random.Random(seed * 1_000_003 + 17).sample(range(len(codes)), round(share * len(codes))))
+    out = []
+    for i, (c, first) in enumerate(zip(codes, served_first)):
+        if i in chosen and c.shape[1]:
+            c = c.clone()
+            c[:, 0] = first
+        out.append(c)
+    return out
 
 
 def sample_of(labels: dict, codes: torch.Tensor, number_form: str = "words") -> Sample:

@@ -98,7 +98,7 @@ def test_a_pack_with_copies_holds_the_clips_then_their_copies(tiny_ckpt, tmp_pat
     utterances = read_split(build_dataset(cfg), "train")
     pack = pack_utterances(tiny_ckpt, utterances, tmp_path / "p.safetensors", tmp_path / "cache",
                            copies=cfg.data.augment_copies, augment_cfg=augment_config(cfg.data), seed=0)
-    labels, codes, _ = read_pack(pack, tiny_ckpt / "mimi-tiny.safetensors")
+    labels, codes, _, _ = read_pack(pack, tiny_ckpt / "mimi-tiny.safetensors")
     n = len(utterances)
     assert len(labels) == 3 * n and "augment" not in labels[0] and "speed" in labels[n]["augment"]
     speed = float(labels[n]["augment"].split(",")[0].split()[1])

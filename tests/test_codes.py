@@ -57,9 +57,11 @@ def test_code_pack_round_trips_codes_and_labels(tmp_path, tiny_ckpt):
     mimi_file = Checkpoint.open(tiny_ckpt).files["mimi"]
     codes = [torch.randint(0, 64, (8, n)) for n in (5, 9)]
     utts = [_utterance(tmp_path / f"{i}.wav", ["order", "one", "two."]) for i in range(2)]
-    pack = write_pack(tmp_path / "train.pack.safetensors", utts, codes, mimi_file, text_delay=0.5)
-    labels, read, delay = read_pack(pack, mimi_file)
+    firsts = [torch.randint(0, 64, (8,)) for _ in codes]
+    pack = write_pack(tmp_path / "train.pack.safetensors", utts, codes, firsts, mimi_file, text_delay=0.5)
+    labels, read, read_firsts, delay = read_pack(pack, mimi_file)
     assert [c.tolist() for c in read] == [c.tolist() for c in codes] and delay == 0.5
+    assert [f.tolist() for f in read_firsts] == [f.tolist() for f in firsts]
     sample = sample_of(labels[1], read[1], "digits")
     assert [w.text for w in sample.words] == ["order", "12."] and sample.numbers == [(0.4, 0.95)]
 
@@ -71,7 +73,8 @@ def test_code_pack_from_another_mimi_is_refused(tmp_path, tiny_ckpt):
     from pipeline.codes import read_pack, write_pack
 
     pack = write_pack(tmp_path / "p.safetensors", [_utterance(tmp_path / "a.wav", ["a", "one", "two"])],
-                      [torch.zeros(8, 3, dtype=torch.long)], Checkpoint.open(tiny_ckpt).files["mimi"])
+                      [torch.zeros(8, 3, dtype=torch.long)], [torch.zeros(8, dtype=torch.long)],
+                      Checkpoint.open(tiny_ckpt).files["mimi"])
     other = tmp_path / "other-mimi.safetensors"
     other.write_bytes(b"not the same weights")
     with pytest.raises(ValueError, match="another Mimi"):
@@ -148,3 +151,59 @@ def test_augmented_copies_are_encoded_from_their_recipe_cached_apart_and_read_ah
     assert len(list(cache.folder.glob("*.safetensors"))) == 6
     other_seed = cache.encode_all([Clip(paths[2], 1, cfg, 1)], batch_size=1)[0]
     assert len(list(cache.folder.glob("*.safetensors"))) == 7 and not torch.equal(other_seed, inline[5])
+
+
+def test_a_fresh_stream_given_the_served_first_frame_streams_what_moshi_server_streams(tiny_ckpt):
+    """moshi-server's slot reset changes a new connection's first Mimi frame and nothing else: a
+    fresh Candle stream whose frame 0 is `served_first_frame`'s gives the server-semantics
+    streamer's pause probabilities and text exactly (that streamer equals the real server, bit
+    for bit: tests/test_server.py), while the fresh stream's own frame 0 does not."""
+    import numpy as np
+    import torch
+
+    import candle_bridge
+    from pipeline.checkpoint import Checkpoint
+    from pipeline.codes import served_first_frame
+    from pipeline.constants import FRAME_SAMPLES
+    from pipeline.presets import synthetic_audio
+    from pipeline.verify import candle_stream
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    audio = np.concatenate([synthetic_audio(4.0, seed=3), np.zeros(30 * FRAME_SAMPLES)]).astype(np.float32)
+    audio = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES]
+    server = candle_bridge.ServerStreamer(str(ckpt), ckpt.delay_frames)
+    server.new_connection()
+    text_inputs, served_pause, _ = server.step_pcm(audio)
+
+    fresh = np.asarray(candle_bridge.Streamer(str(ckpt), "f32", "cpu").encode_pcm(audio))
+    first = served_first_frame(ckpt.load_mimi(), torch.from_numpy(audio)[None, None])
+    assert first.shape == (1, fresh.shape[1]) and first[0].tolist() != fresh[0].tolist()
+    as_served = fresh.copy()
+    as_served[0] = first[0].numpy()
+    for codes, equal in ((as_served, True), (fresh, False)):
+        out = candle_stream(ckpt, codes)
+        delta = float(np.abs(out.pause - np.asarray(served_pause)).max())
+        same_text = out.tokens[:-1].tolist() == np.asarray(text_inputs)[1:].tolist()  # the server feeds back its own
+        assert (delta <= 1e-6 and same_text) if equal else delta > 1e-2, (equal, delta)
+
+
+def test_the_cache_keeps_the_served_first_frame_and_fills_in_entries_written_without_it(tmp_path, tiny_ckpt):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.checkpoint import Checkpoint
+    from pipeline.codes import CodeCache, served_first_frame, training_audio
+    from pipeline.presets import synthetic_audio
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    mimi, mimi_file = ckpt.load_mimi(), ckpt.files["mimi"]
+    paths = [_write(tmp_path / f"{i}.wav", synthetic_audio(1.0 + 0.5 * i, seed=i), 24000) for i in range(3)]
+    cache = CodeCache(mimi, mimi_file, tmp_path / "cache")
+    encoded = cache.encode_with_served_first(paths, batch_size=2)
+    for path, (codes, first) in zip(paths, encoded):
+        assert first.tolist() == served_first_frame(mimi, training_audio(path))[0].tolist()
+        assert codes.shape[0] == first.shape[0] == 8
+    entry = next(cache.folder.glob("*.safetensors"))
+    save_file({"codes": load_file(str(entry))["codes"]}, str(entry))  # as written before: codes alone
+    again = CodeCache(mimi, mimi_file, tmp_path / "cache").encode_with_served_first(paths, batch_size=2)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(again, encoded)) and "served_first" in load_file(str(entry))

@@ -49,6 +49,7 @@ def test_yaml_yes_and_no_stay_words_in_text_fields(tmp_path):
         ("", ["checkpoint.seed"], "expected section.field=value"),
         ("", ["verify.device=gpu"], "verify.device must be 'cpu' or 'cuda'"),
         ("", ["train.codebook_dropout=1.5"], "train.codebook_dropout must be between 0 and 1"),
+        ("", ["train.served_starts=-0.5"], "train.served_starts must be between 0 and 1"),
         ("", ["organism.codebook_dropout=-0.1"], "organism.codebook_dropout must be between 0 and 1"),
         ("", ["serve.bench_streams=64,x"], "serve.bench_streams must be positive whole numbers"),
         ("", ["serve.bench_streams=64,0"], "serve.bench_streams must be positive whole numbers"),

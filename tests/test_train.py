@@ -219,7 +219,8 @@ def _write_pack(path, samples, mimi_file):
     utterances = [SimpleNamespace(path=f"eval/{i:05d}.wav", alignments=[(w.text, (w.start, w.end), "SPEAKER_MAIN")
                                                                        for w in s.words],
                                   number_spans=[], category="plain", voice="") for i, s in enumerate(samples)]
-    return write_pack(path, utterances, [s.codes for s in samples], mimi_file, text_delay=0.5)
+    return write_pack(path, utterances, [s.codes for s in samples], [s.codes[:, 0] for s in samples], mimi_file,
+                      text_delay=0.5)
 
 
 def test_held_out_scores_are_logged_and_leave_training_untouched(tmp_path, tiny_ckpt, samples):
@@ -323,13 +324,13 @@ def test_a_dataset_built_for_another_text_delay_is_refused(tmp_path, tiny_ckpt):
     ckpt = Checkpoint.open(tiny_ckpt)
     utterance = SimpleNamespace(path=tmp_path / "a.wav", alignments=[["one", [0.5, 0.8], "SPEAKER_MAIN"]],
                                 number_spans=[], category="plain", voice="espeak:en")
-    pack = write_pack(tmp_path / "p.safetensors", [utterance], [torch.zeros(8, 30, dtype=torch.long)],
-                      ckpt.files["mimi"], text_delay=1.0)
+    zeros = torch.zeros(8, 30, dtype=torch.long)
+    pack = write_pack(tmp_path / "p.safetensors", [utterance], [zeros], [zeros[:, 0]], ckpt.files["mimi"], text_delay=1.0)
     cfg = load_config(None, [f"train.data={pack}", f"artifacts={tmp_path}"])
     with pytest.raises(tr.TrainingError, match=r"p.safetensors was built for a text delay of 1 s, but .* writes its "
                                                r"text 0.5 s late; rebuild the dataset with --set data.text_delay=0.5"):
         tr.load_samples(cfg, ckpt, "cpu")
-    write_pack(pack, [utterance], [torch.zeros(8, 30, dtype=torch.long)], ckpt.files["mimi"], text_delay=0.5)
+    write_pack(pack, [utterance], [zeros], [zeros[:, 0]], ckpt.files["mimi"], text_delay=0.5)
     assert len(tr.load_samples(cfg, ckpt, "cpu")) == 1
 
 
@@ -343,13 +344,45 @@ def test_augmented_copies_are_trained_on_unless_turned_off(tmp_path, tiny_ckpt):
     utterances = [SimpleNamespace(path=tmp_path / f"{i}.wav", alignments=[["one", [0.5, 0.8], "SPEAKER_MAIN"]],
                                   number_spans=[], category="plain", voice="espeak:en") for i in range(4)]
     codes = [torch.full((8, 30), i, dtype=torch.long) for i in range(4)]  # clips 0, 1 and their copies 2, 3
-    pack = write_pack(tmp_path / "p.safetensors", utterances, codes, ckpt.files["mimi"], text_delay=0.5,
-                      augments=["", "", "speed 1.05", "noise 20 dB"])
+    pack = write_pack(tmp_path / "p.safetensors", utterances, codes, [c[:, 0] for c in codes], ckpt.files["mimi"],
+                      text_delay=0.5, augments=["", "", "speed 1.05", "noise 20 dB"])
     every = tr.load_samples(load_config(None, [f"train.data={pack}", f"artifacts={tmp_path}"]), ckpt, "cpu")
     recorded = tr.load_samples(load_config(None, [f"train.data={pack}", f"artifacts={tmp_path}",
                                                   "train.augmented=false"]), ckpt, "cpu")
     assert [int(s.codes[0, 0]) for s in every] == [0, 1, 2, 3]
     assert [int(s.codes[0, 0]) for s in recorded] == [0, 1]
+
+
+def test_served_starts_give_a_share_of_utterances_the_servers_first_frame(tmp_path, tiny_ckpt):
+    """train.served_starts: frame 0 of round(share * N) training utterances, the same ones for one
+    seed, becomes the pack's served first frame; no other frame changes, and held-out data never."""
+    from types import SimpleNamespace
+
+    from pipeline.codes import write_pack
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    utterances = [SimpleNamespace(path=tmp_path / f"{i}.wav", alignments=[["one", [0.5, 0.8], "SPEAKER_MAIN"]],
+                                  number_spans=[], category="plain", voice="espeak:en") for i in range(10)]
+    codes = [torch.full((8, 30), i, dtype=torch.long) for i in range(10)]
+    served = [torch.full((8,), 50 + i, dtype=torch.long) for i in range(10)]
+    pack = write_pack(tmp_path / "p.safetensors", utterances, codes, served, ckpt.files["mimi"], text_delay=0.5)
+
+    def load(*overrides, split="train"):
+        cfg = load_config(None, [f"train.data={pack}", f"artifacts={tmp_path}", *overrides])
+        return tr.load_samples(cfg, ckpt, "cpu", split=split)
+
+    def started_as_served(samples):
+        return [i for i, s in enumerate(samples) if int(s.codes[0, 0]) == 50 + i]
+
+    chosen = started_as_served(load("train.served_starts=0.3", "train.seed=1"))
+    assert len(chosen) == 3 and chosen == started_as_served(load("train.served_starts=0.3", "train.seed=1"))
+    assert chosen != started_as_served(load("train.served_starts=0.3", "train.seed=2"))  # another draw
+    every = load("train.served_starts=1")
+    assert started_as_served(every) == list(range(10))
+    assert all(torch.equal(s.codes[:, 0], served[i]) and torch.equal(s.codes[:, 1:], codes[i][:, 1:])
+               for i, s in enumerate(every))
+    assert started_as_served(load()) == [] and started_as_served(load("train.served_starts=1", split="eval")) == []
+    assert all(torch.equal(c, torch.full((8, 30), i)) for i, c in enumerate(codes))  # the pack's tensors untouched
 
 
 def test_checkpoint_without_heads_is_refused(tmp_path, tiny_copy, samples):
