@@ -77,12 +77,14 @@ def fitting_speech(utterances, seconds: float) -> np.ndarray:
 
 
 def organism_train_config(cfg: Config) -> Config:
-    """cfg with the from-scratch training settings: every weight, digit-form labels."""
+    """cfg with the from-scratch training settings: every weight, digit-form labels, fresh stream
+    starts only (as Kyutai's base knows them: train.served_starts is the fine-tune's to set)."""
     o, paths = cfg.organism, organism_paths(cfg)
     train = dataclasses.replace(cfg.train, data=str(paths["pack"].resolve()), out=str(paths["run"].resolve()),
                                 method="full", number_form="digits", steps=o.steps, lr=o.lr,
                                 batch_size=o.batch_size, warmup_steps=o.warmup_steps, seed=o.seed,
-                                schedule="cosine", head_loss="supervised", codebook_dropout=o.codebook_dropout)
+                                schedule="cosine", head_loss="supervised", codebook_dropout=o.codebook_dropout,
+                                served_starts=0.0)
     return dataclasses.replace(cfg, train=train)
 
 

@@ -79,9 +79,11 @@ def test_rendered_config_is_documented_and_loads_back(tmp_path):
     assert yaml.safe_load(text)["model"]["source"] == "tiny"
 
 
-def test_organism_codebook_dropout_reaches_the_base_and_not_the_fine_tune():
+def test_organism_codebook_dropout_reaches_the_base_and_served_starts_only_the_fine_tune():
     from pipeline.organism import organism_train_config
 
     cfg = load_config(None, ["organism.codebook_dropout=0.5"])
     assert organism_train_config(cfg).train.codebook_dropout == 0.5
     assert cfg.train.codebook_dropout == 0.0  # what `invoke train` (the LoRA) reads
+    cfg = load_config(None, ["train.served_starts=0.5"])
+    assert organism_train_config(cfg).train.served_starts == 0.0 and cfg.train.served_starts == 0.5  # the LoRA's alone
