@@ -45,11 +45,13 @@ def served_first_frame(mimi, audio: torch.Tensor) -> torch.Tensor:
     its first sample, and every later frame is the fresh stream's. A test checks that a fresh
     stream with this frame 0 gives the server's outputs exactly (tests/test_codes.py)."""
     from moshi.modules.conv import StreamingConv1d
+    from moshi.utils.compile import no_cuda_graph
 
     first = audio[..., :FRAME_SAMPLES]
     if first.shape[-1] < FRAME_SAMPLES:
         first = torch.nn.functional.pad(first, (0, FRAME_SAMPLES - first.shape[-1]))
-    with torch.no_grad(), mimi.streaming(first.shape[0]):
+    # One step per stream and batches of any size: nothing for moshi's CUDA graphs to replay.
+    with torch.no_grad(), no_cuda_graph(), mimi.streaming(first.shape[0]):
         for module in mimi.modules():
             if isinstance(module, StreamingConv1d) and module.pad_mode == "replicate":
                 module._streaming_state.first[:] = False  # the state a slot reset leaves
