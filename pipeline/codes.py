@@ -156,9 +156,10 @@ class CodeCache:
                 x = torch.zeros(len(batch), 1, max(len(w) for w in waves))
                 for row, wave in zip(x, waves):
                     row[0, :len(wave)] = torch.from_numpy(wave)
+                x = x.to(self.device)
                 with torch.no_grad():
-                    codes = self.mimi.encode(x.to(self.device))
-                firsts = served_first_frame(self.mimi, x.to(self.device))
+                    codes = self.mimi.encode(x)
+                firsts = served_first_frame(self.mimi, x)
                 for i, wave, c, first in zip(batch, waves, codes, firsts):
                     out[i] = self._store(cached[i], c[:, :math.ceil(len(wave) / FRAME_SAMPLES)], first)
                 bar.update(len(batch))

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.checkpoint import Checkpoint
 from pipeline.codes import CodeCache, served_first_frame
+from pipeline.constants import FRAME_SAMPLES
 from pipeline.presets import make_checkpoint, synthetic_audio
 
 
@@ -41,7 +42,7 @@ def main(clips: int = 256) -> dict:
     sync()
     whole = time.perf_counter() - start
 
-    batches = [torch.stack([torch.from_numpy(synthetic_audio(5.0, seed=i)[:1920])[None] for i in range(lo, lo + 32)])
+    batches = [torch.stack([torch.from_numpy(synthetic_audio(5.0, seed=i)[:FRAME_SAMPLES])[None] for i in range(lo, lo + 32)])
                for lo in range(0, clips, 32) if lo + 32 <= clips]
     sync()
     start = time.perf_counter()
