@@ -344,6 +344,11 @@ class OrganismConfig:
     distill_crop_seconds: float = doc("Seconds per crop (whole 80 ms frames of a 30 s window).", 4.0)
     distill_lr: float = doc("Peak learning rate of the distillation (AdamW, cosine).", 5e-4)
     distill_commitment: float = doc("Weight of the quantizer's commitment penalty.", 1.0)
+    distill_voice_shift: float = doc("Voices the student is not given: each distillation crop's pitch and formants "
+                                     "scaled by a factor drawn log-uniformly from [1/(1+s), 1+s] (its timing kept), "
+                                     "the teacher's states of the unshifted crop still the target, so the semantic "
+                                     "codebook learns the words across voices (ContentVec's speaker perturbation). "
+                                     "0: off, the crops as recorded.", 0.0)
     distill_time_limit_s: float = doc("Stop the distillation after this many seconds (0: run every step). With a "
                                       "limit, the cosine schedule is fitted to it after the warm-up (the pace of "
                                       "steps 20-100), so the run anneals; run.json records planned and done steps.",
@@ -377,6 +382,8 @@ class OrganismConfig:
         if self.mimi_dim % self.mimi_heads or self.mimi_layers < 1:
             raise ConfigError(f"organism.mimi_dim ({self.mimi_dim}) must be a multiple of organism.mimi_heads "
                               f"({self.mimi_heads}) and organism.mimi_layers at least 1")
+        if not 0 <= self.distill_voice_shift < 1:
+            raise ConfigError(f"organism.distill_voice_shift must be in [0, 1), got {self.distill_voice_shift}")
         if not 0 < self.distill_crop_seconds <= 30 or self.distill_steps < 1 or self.distill_batch_size < 1:
             raise ConfigError("organism.distill_crop_seconds must be in (0, 30] and distill_steps, "
                               "distill_batch_size at least 1")

@@ -146,6 +146,63 @@ def teacher_targets(encoder, n_mels: int, audio24: np.ndarray, device: str) -> t
     return torch.stack(states), torch.stack(mels)
 
 
+# --- voices the student was not given -------------------------------------------------------------
+#
+# Each of the student's crops may be heard in another voice: its pitch and formants scaled by a
+# factor, its timing kept, while the teacher's states of the unshifted audio stay the target. So
+# what the semantic codebook learns to carry is what Whisper hears in every voice, the words, and
+# not the voice (ContentVec's speaker perturbation; VTLP in older ASR). The mel head's target is
+# the shifted crop's own log-mel: the acoustic codebooks carry the sound they were given.
+
+STRETCH_FFT, STRETCH_HOP = 1024, 256            # phase vocoder at 24 kHz: 43 ms windows, 11 ms hops
+
+
+def fft_resample(x: torch.Tensor, length: int) -> torch.Tensor:
+    """[..., N] -> [..., length]: band-limited resampling (the spectrum cut or zero-padded)."""
+    spectrum = torch.fft.rfft(x)
+    bins = length // 2 + 1
+    spectrum = spectrum[..., :bins] if bins <= spectrum.shape[-1] else F.pad(spectrum, (0, bins - spectrum.shape[-1]))
+    return torch.fft.irfft(spectrum, length) * (length / x.shape[-1])
+
+
+def time_stretch(x: torch.Tensor, length: int) -> torch.Tensor:
+    """[N] -> [length] with the pitch kept: a phase vocoder (magnitudes interpolated between
+    analysis frames, phases advanced by each bin's measured frequency)."""
+    window = torch.hann_window(STRETCH_FFT, device=x.device)
+    spec = torch.stft(x, STRETCH_FFT, STRETCH_HOP, window=window, return_complex=True)   # [bins, frames]
+    rate = len(x) / length
+    at = torch.arange(0, spec.shape[-1], rate, device=x.device)
+    spec = F.pad(spec, (0, 2))
+    left, alpha = at.floor().long(), (at - at.floor())
+    a, b = spec[:, left], spec[:, left + 1]
+    magnitude = (1 - alpha) * a.abs() + alpha * b.abs()
+    expected = torch.linspace(0, math.pi * STRETCH_HOP, spec.shape[0], device=x.device)[:, None]
+    advance = b.angle() - a.angle() - expected
+    advance = advance - 2 * math.pi * torch.round(advance / (2 * math.pi)) + expected
+    phase = torch.cat([spec[:, :1].angle(), torch.cumsum(advance, -1)[:, :-1] + spec[:, :1].angle()], -1)
+    return torch.istft(torch.polar(magnitude, phase), STRETCH_FFT, STRETCH_HOP, window=window, length=length)
+
+
+def shift_voice(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """[B, N] crops with pitch and formants scaled by `factors` [B] (1.2: 20 % higher), the same
+    length and timing: resampled to N / factor samples (played at the same rate: higher and
+    shorter), then stretched back to N by the phase vocoder."""
+    n = x.shape[-1]
+    return torch.stack([crop if f == 1 else time_stretch(fft_resample(crop, round(n / f)), n)
+                        for crop, f in zip(x, factors.tolist())])
+
+
+def crop_mels(x: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """[B, frames * 1920] at 24 kHz -> [B, frames, 8 * n_mels]: Whisper's log-mel of each crop,
+    in the layout `teacher_targets` gives the unshifted stream's."""
+    from whisper.audio import log_mel_spectrogram
+
+    frames = x.shape[-1] // FRAME
+    audio16 = fft_resample(x.float(), x.shape[-1] * WHISPER_RATE // SAMPLE_RATE)
+    return torch.stack([log_mel_spectrogram(a, n_mels)[:, : frames * MELS_PER_FRAME].T.reshape(frames, -1)
+                        for a in audio16])
+
+
 # --- the student ----------------------------------------------------------------------------------
 
 def organism_mimi_config(cfg: Config) -> dict:
@@ -219,8 +276,13 @@ def train_student(cfg: Config, mimi, heads: Heads, audio: torch.Tensor, states: 
         x = torch.stack([windows[a, b * FRAME:(b + crop) * FRAME] for a, b in zip(w.tolist(), s.tolist())])
         target = torch.stack([states[a, b:b + crop] for a, b in zip(w.tolist(), s.tolist())]).float()
         mel = torch.stack([mels[a, b:b + crop] for a, b in zip(w.tolist(), s.tolist())]).float()
+        x = x.to(device)
+        if o.distill_voice_shift:
+            span = math.log1p(o.distill_voice_shift)
+            x = shift_voice(x, torch.exp((2 * torch.rand(len(x), generator=gen) - 1) * span))
+            mel = crop_mels(x, mel.shape[-1] // MELS_PER_FRAME)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-            semantic, latent, penalty, _ = student_forward(mimi, x[:, None].to(device))
+            semantic, latent, penalty, _ = student_forward(mimi, x[:, None])
             pred = heads.semantic(semantic.transpose(1, 2)).float()
             mel_pred = heads.mel(latent).transpose(1, 2).float()
         sem_loss = 1 - F.cosine_similarity(pred, target.to(device), dim=-1).mean()

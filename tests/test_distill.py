@@ -195,12 +195,13 @@ def _prepare(cfg, tmp_path: Path) -> None:
 
 
 def test_the_distillation_learns_the_teacher_and_ships_a_complete_mimi(tmp_path):
-    """A CPU-sized run: the semantic loss falls, every figure is written, and the shards load
-    into the organism's Mimi with no tensor missing or extra."""
+    """A CPU-sized run, its crops in shifted voices: the semantic loss falls, every figure is
+    written, and the shards load into the organism's Mimi with no tensor missing or extra."""
     cfg = load_config(None, [f"artifacts={tmp_path}", "organism.out=o", "organism.mimi=distilled",
                              "organism.mimi_dim=64", "organism.card=32", "organism.n_q=4",
                              "organism.distill_steps=40", "organism.distill_batch_size=4",
-                             "organism.distill_crop_seconds=2", "organism.distill_lr=2e-3", "organism.fit_seconds=30"])
+                             "organism.distill_crop_seconds=2", "organism.distill_lr=2e-3", "organism.fit_seconds=30",
+                             "organism.distill_voice_shift=0.2"])
     _prepare(cfg, tmp_path)
     folder = distill.distill_mimi(cfg, "cpu")
     losses = json.loads((folder / "run.json").read_text())["losses"]
@@ -212,6 +213,53 @@ def test_the_distillation_learns_the_teacher_and_ships_a_complete_mimi(tmp_path)
     assert len(figures["mimi"]["perplexity_eval"]) == 4 and "word_probe_eval" in figures["baseline"]
     mimi, _ = distill.organism_mimi(cfg, 5)
     assert set(distill.load_shards(folder)) == set(mimi.state_dict())
+
+
+def _tone(hz: float, seconds: float = 4.0, on: tuple[float, float] = (1.0, 3.0)) -> torch.Tensor:
+    t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return torch.sin(2 * np.pi * hz * t) * ((t > on[0]) & (t < on[1])).float()
+
+
+def _peak_hz(x: torch.Tensor) -> float:
+    return torch.fft.rfft(x * torch.hann_window(len(x))).abs().argmax().item() * SAMPLE_RATE / len(x)
+
+
+def _burst(x: torch.Tensor) -> tuple[float, float]:
+    """First and last 10 ms block where the signal is on."""
+    on = (x.abs().unfold(0, 240, 240).amax(1) > 0.3).nonzero()
+    return on[0].item() / 100, on[-1].item() / 100
+
+
+def test_a_shifted_voice_moves_pitch_by_its_factor_and_keeps_the_timing():
+    """shift_voice: a 440 Hz tone burst (1-3 s of a 4 s crop) comes out at 440 x factor, the same
+    length, starting and ending within 20 ms of where it did; factor 1 leaves the crop as it is."""
+    crops = torch.stack([_tone(440.0)] * 3)
+    shifted = distill.shift_voice(crops, torch.tensor([1.0, 1.2, 0.85]))
+    assert shifted.shape == crops.shape and torch.equal(shifted[0], crops[0])
+    for crop, factor in zip(shifted[1:], (1.2, 0.85)):
+        assert abs(_peak_hz(crop) - 440 * factor) < 2
+        start, end = _burst(crop)
+        assert abs(start - 1.0) <= 0.02 and abs(end - 2.99) <= 0.02
+    # The phase vocoder alone, at rate 1, gives the signal back (away from the edges).
+    tone = _tone(300.0)
+    assert (distill.time_stretch(tone, len(tone)) - tone)[2000:-2000].abs().max() < 1e-2
+
+
+def test_a_crops_log_mel_is_laid_out_as_the_teachers():
+    """crop_mels of a whole window equals the teacher's log-mel of it (frame k: Whisper's mel
+    frames 8k..8k+7), up to the resampler (an FFT here, soxr there)."""
+    audio = (0.3 * _tone(500.0, 30.0, (2.0, 20.0)) + 0.05 * torch.randn(720_000, generator=torch.Generator().manual_seed(0)))
+    _, mels = distill.teacher_targets(FrameIndex(), 80, audio.numpy(), "cpu")
+    crop = distill.crop_mels(audio[None, : 50 * distill.FRAME], 80)
+    assert crop.shape == (1, 50, 640)
+    assert (crop[0] - mels[0, :50].float()).abs().mean() < 0.02
+
+
+def test_voice_shift_is_a_share_of_a_factor_below_one():
+    assert load_config(None, ["organism.distill_voice_shift=0.2"]).organism.distill_voice_shift == 0.2
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(Exception, match="organism.distill_voice_shift"):
+            load_config(None, [f"organism.distill_voice_shift={bad}"])
 
 
 def test_a_time_limited_distillation_fits_its_schedule_to_the_limit(monkeypatch):
