@@ -344,8 +344,8 @@ class OrganismConfig:
     distill_crop_seconds: float = doc("Seconds per crop (whole 80 ms frames of a 30 s window).", 4.0)
     distill_lr: float = doc("Peak learning rate of the distillation (AdamW, cosine).", 5e-4)
     distill_commitment: float = doc("Weight of the quantizer's commitment penalty.", 1.0)
-    distill_voice_shift: float = doc("Voices the student is not given: each distillation crop's pitch and formants "
-                                     "scaled by a factor drawn log-uniformly from [1/(1+s), 1+s] (its timing kept), "
+    distill_voice_shift: float = doc("Voices the student is not given: half the distillation crops get their pitch and "
+                                     "formants scaled by a factor drawn log-uniformly from [1/(1+s), 1+s] (its timing kept), "
                                      "the teacher's states of the unshifted crop still the target, so the semantic "
                                      "codebook learns the words across voices (ContentVec's speaker perturbation). "
                                      "0: off, the crops as recorded.", 0.0)

@@ -155,6 +155,10 @@ def teacher_targets(encoder, n_mels: int, audio24: np.ndarray, device: str) -> t
 # the shifted crop's own log-mel: the acoustic codebooks carry the sound they were given.
 
 STRETCH_FFT, STRETCH_HOP = 1024, 256            # phase vocoder at 24 kHz: 43 ms windows, 11 ms hops
+# Half the crops keep their own voice: the held-out streams the Mimi will encode carry no
+# phase-vocoder sound, so the student still trains on speech as recorded. (A first run shifted
+# every crop, by up to 20 %, and its codebooks collapsed: README, 2026-12-06.)
+VOICE_SHIFT_SHARE = 0.5
 
 
 def fft_resample(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -190,6 +194,18 @@ def shift_voice(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     return torch.stack([crop if f == 1 else time_stretch(fft_resample(crop, round(n / f)), n)
                         for crop, f in zip(x, factors.tolist())])
+
+
+def shifted_crops(x: torch.Tensor, mel: torch.Tensor, shift: float, gen: torch.Generator):
+    """A random VOICE_SHIFT_SHARE of the crops [B, N] in other voices, and the log-mel targets of
+    all of them, one layout. Each factor is log-uniform in [1/(1+shift), 1+shift], rounded so the
+    resampled crop is whole frames: few distinct lengths, so the FFT plans are reused."""
+    frames = x.shape[-1] // FRAME
+    draw = torch.exp((2 * torch.rand(len(x), generator=gen) - 1) * math.log1p(shift))
+    chosen = torch.rand(len(x), generator=gen) < VOICE_SHIFT_SHARE
+    factors = torch.where(chosen, frames / torch.round(frames / draw).clamp(min=1), torch.ones(len(x)))
+    x = shift_voice(x, factors)
+    return x, crop_mels(x, mel.shape[-1] // MELS_PER_FRAME)
 
 
 def crop_mels(x: torch.Tensor, n_mels: int) -> torch.Tensor:
@@ -278,9 +294,7 @@ def train_student(cfg: Config, mimi, heads: Heads, audio: torch.Tensor, states: 
         mel = torch.stack([mels[a, b:b + crop] for a, b in zip(w.tolist(), s.tolist())]).float()
         x = x.to(device)
         if o.distill_voice_shift:
-            span = math.log1p(o.distill_voice_shift)
-            x = shift_voice(x, torch.exp((2 * torch.rand(len(x), generator=gen) - 1) * span))
-            mel = crop_mels(x, mel.shape[-1] // MELS_PER_FRAME)
+            x, mel = shifted_crops(x, mel, o.distill_voice_shift, gen)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
             semantic, latent, penalty, _ = student_forward(mimi, x[:, None])
             pred = heads.semantic(semantic.transpose(1, 2)).float()

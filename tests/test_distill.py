@@ -245,6 +245,24 @@ def test_a_shifted_voice_moves_pitch_by_its_factor_and_keeps_the_timing():
     assert (distill.time_stretch(tone, len(tone)) - tone)[2000:-2000].abs().max() < 1e-2
 
 
+def test_about_half_the_crops_are_shifted_each_by_a_whole_frame_ratio():
+    """shifted_crops: a share VOICE_SHIFT_SHARE of the crops changes, the rest is bit-equal; each
+    changed crop is shift_voice by (frames / whole frames) within the range; the mels are each
+    crop's own."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 25 * distill.FRAME, generator=gen) * 0.1
+    shifted, mels = distill.shifted_crops(x, torch.zeros(64, 25, 640), 0.2, torch.Generator().manual_seed(1))
+    kept = [torch.equal(a, b) for a, b in zip(shifted, x)]
+    assert 20 <= sum(kept) <= 44 and distill.VOICE_SHIFT_SHARE == 0.5
+    assert mels.shape == (64, 25, 640)
+    assert torch.allclose(mels[3], distill.crop_mels(shifted[3:4], 80)[0], atol=1e-4)
+    ratios = [25 / k for k in range(1, 60) if 1 / 1.2 <= 25 / k <= 1.2]
+    for a, b in zip(shifted, x):
+        if not torch.equal(a, b):
+            assert any(torch.allclose(a, distill.shift_voice(b[None], torch.tensor([r]))[0], atol=1e-5) for r in ratios)
+            break
+
+
 def test_a_crops_log_mel_is_laid_out_as_the_teachers():
     """crop_mels of a whole window equals the teacher's log-mel of it (frame k: Whisper's mel
     frames 8k..8k+7), up to the resampler (an FFT here, soxr there)."""
