@@ -28,12 +28,14 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 from moshi.models import loaders
 from moshi.modules.lora import LoRALinear
 
 from pipeline.bench import _config
+from pipeline.constants import FRAME_RATE
 from pipeline.lora import apply_lora
 from pipeline.train import forward_stt, head_loss, text_loss, use_window_attention, warmup_cosine
 
@@ -75,26 +77,25 @@ class Organism:
 
         self.cfg = load_config("configs/organism-ci.yaml", [f"train.seed={args.seed}"])
         tc = self.cfg.train
+        if not Path(self.cfg.model.source).is_dir():
+            raise SystemExit(f"error: {self.cfg.model.source} does not exist; build it first with "
+                             "`invoke organism --config configs/organism-ci.yaml`")
         self.ckpt = Checkpoint.of(self.cfg.model.source)
         self.samples = load_samples(self.cfg, self.ckpt, "cpu")
         self.held_out = load_samples(self.cfg, self.ckpt, "cpu", data=self.cfg.data.out, split="eval")
-        self.window = round(tc.window_seconds * 12.5)
-        self.batch_size = tc.batch_size
-        self.stream = batch_stream(self.samples, self.window, tc.batch_size, tc.seed)
-        self.batches = [next(self.stream) for _ in range(args.steps)]  # the same batches for both runs
+        self.window = round(tc.window_seconds * FRAME_RATE)
+        stream = batch_stream(self.samples, self.window, tc.batch_size, tc.seed)
+        self.batches = [next(stream) for _ in range(args.steps)]  # the same batches for both runs
 
     def base(self):
         return self.ckpt.load_lm(dtype=torch.bfloat16)
 
-    def _make(self, segments, samples):
+    def batch(self, step: int):
         from pipeline.train import make_batch
 
-        lm_cfg = self.ckpt.config
-        return make_batch(segments, samples, self.window, self.ckpt.tokenizer.encode, lm_cfg["text_card"],
-                          lm_cfg["card"], self.ckpt.text_delay)
-
-    def batch(self, step: int):
-        b = self._make(self.batches[step - 1], self.samples)
+        config = self.ckpt.config
+        b = make_batch(self.batches[step - 1], self.samples, self.window, self.ckpt.tokenizer.encode,
+                       config["text_card"], config["card"], self.ckpt.text_delay)
         return b.inputs, b.text, (b.pause, b.head_mask)
 
     def evaluate(self, lm) -> dict:
