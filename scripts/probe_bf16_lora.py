@@ -3,8 +3,8 @@ against ours in float32? Our LoRA weights, gradients and AdamW moments are float
 the peer's at the 1B shape, rank 128. This measures whether that memory buys anything.
 
 Each probe trains the same LoRA twice, from the same base, the same LoRA init and the same batches,
-with `invoke train`'s optimizer (AdamW betas 0.9/0.95, weight decay 0.1, gradient clipping at 1),
-schedule (20 warm-up steps, cosine to 10 %) and LoRA init (pipeline.lora.apply_lora): once with
+with `invoke train`'s trainer (pipeline.train.make_trainer: LoRA init, AdamW), its defaults (rank 32,
+gradient clipping at 1) and its schedule (20 warm-up steps, cosine to 10 %): once with
 float32 LoRA parameters, once with bfloat16. The base is bfloat16 and the forward runs under bfloat16
 autocast in both, as `invoke train` runs on a GPU, so only the LoRA's dtype differs. Each step of
 the bfloat16 run, the update AdamW meant to make is recomputed in float32 from its own moments, and
@@ -35,12 +35,11 @@ from moshi.models import loaders
 from moshi.modules.lora import LoRALinear
 
 from pipeline.bench import _config
+from pipeline.config import load_config
 from pipeline.constants import FRAME_RATE
-from pipeline.lora import apply_lora
-from pipeline.train import forward_stt, head_loss, text_loss, use_window_attention, warmup_cosine
+from pipeline.train import forward_stt, head_loss, make_trainer, text_loss, warmup_cosine
 
-BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = (0.9, 0.95), 1e-8, 0.1, 1.0  # pipeline.train's defaults
-RANK, SCALING, PADDING_WEIGHT, HEAD_WEIGHT = 32, 2.0, 0.5, 0.5
+TRAIN = load_config(None).train  # `invoke train`'s defaults: LoRA rank and scaling, loss weights, clipping
 
 
 class Shapes:
@@ -72,7 +71,6 @@ class Organism:
 
     def __init__(self, args):
         from pipeline.checkpoint import Checkpoint
-        from pipeline.config import load_config
         from pipeline.train import batch_stream, load_samples
 
         self.cfg = load_config("configs/organism-ci.yaml", [f"train.seed={args.seed}"])
@@ -110,25 +108,26 @@ class Organism:
         return {k: round(v, 4) for k, v in scores.items() if v is not None}
 
 
-def make_lm(task, lora_dtype: torch.dtype, seed: int):
+def make_trainer_in(task, lora_dtype: torch.dtype, seed: int):
+    """`invoke train`'s trainer (LoRA, attention path, AdamW) on the task's base, its LoRA cast to
+    `lora_dtype` before the first step, so AdamW's moments take that dtype too."""
     lm = task.base()
     torch.manual_seed(seed + 1)  # the same LoRA init in both runs (drawn in float32, then cast)
-    params = apply_lora(lm, RANK, SCALING)
-    for p in params:
+    trainer = make_trainer(lm, TRAIN, "cpu")
+    for p in trainer.params:
         p.data = p.data.to(lora_dtype)
-    lm.train()
-    use_window_attention(lm)
-    return lm, params
+    return trainer
 
 
-def intended_update(p: torch.Tensor, state: dict, lr: float, step: int) -> torch.Tensor:
+def intended_update(p: torch.Tensor, state: dict, group: dict, step: int) -> torch.Tensor:
     """AdamW's step for `p` computed in float32 from its moments (torch's formula)."""
+    (beta1, beta2), lr = group["betas"], group["lr"]
     m, v = state["exp_avg"].float(), state["exp_avg_sq"].float()
-    bc1, bc2 = 1 - BETAS[0] ** step, 1 - BETAS[1] ** step
-    return -lr * WEIGHT_DECAY * p.float() - lr / bc1 * m / ((v / bc2).sqrt() + EPS)
+    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+    return -lr * group["weight_decay"] * p.float() - lr / bc1 * m / ((v / bc2).sqrt() + group["eps"])
 
 
-def rounding(params, before, names, opt, lr: float, step: int) -> dict:
+def rounding(params, before, names, opt, step: int) -> dict:
     """Per kind of LoRA weight: the share whose nonzero update rounded away, and the relative error
     of the step taken against the step meant."""
     row = {}
@@ -138,7 +137,7 @@ def rounding(params, before, names, opt, lr: float, step: int) -> dict:
         for p, b in zip(params, before):
             if kind not in names[id(p)] or p not in opt.state:  # no gradient reaches it
                 continue
-            u = intended_update(b, opt.state[p], lr, step)
+            u = intended_update(b, opt.state[p], opt.param_groups[0], step)
             done = p.detach().float() - b.float()
             lost += int(((done == 0) & (u != 0)).sum())
             moved += int((u != 0).sum())
@@ -150,9 +149,9 @@ def rounding(params, before, names, opt, lr: float, step: int) -> dict:
 
 
 def run(task, args, lora_dtype: torch.dtype, out) -> tuple[dict, list[dict]]:
-    lm, params = make_lm(task, lora_dtype, args.seed)
+    trainer = make_trainer_in(task, lora_dtype, args.seed)
+    lm, params, opt = trainer.lm, trainer.params, trainer.optimizer
     names = {id(p): n for n, p in lm.named_parameters()}
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
     rows = []
     for step in range(1, args.steps + 1):
         lr = warmup_cosine(step - 1, args.steps, args.lr, args.warmup, floor=0.1)
@@ -161,17 +160,17 @@ def run(task, args, lora_dtype: torch.dtype, out) -> tuple[dict, list[dict]]:
         inputs, target, heads = task.batch(step)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # as `invoke train` runs on CUDA
             text_logits, head_logits = forward_stt(lm, inputs)
-        loss = text_loss(text_logits, target, PADDING_WEIGHT)
+        loss = text_loss(text_logits, target, TRAIN.text_padding_weight)
         if heads is not None:
-            loss = loss + HEAD_WEIGHT * head_loss(head_logits, *heads)
+            loss = loss + TRAIN.head_loss_weight * head_loss(head_logits, *heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        torch.nn.utils.clip_grad_norm_(params, TRAIN.grad_clip)
         before = [p.detach().clone() for p in params]
         opt.step()
         row = {"dtype": str(lora_dtype).split(".")[-1], "step": step, "lr": lr, "loss": round(loss.item(), 4)}
         if lora_dtype != torch.float32:
-            row |= rounding(params, before, names, opt, lr, step)
+            row |= rounding(params, before, names, opt, step)
         if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
             row |= task.evaluate(lm)
         rows.append(row)
