@@ -329,3 +329,19 @@ def test(c, k=None):
         print("+", " ".join(cmd), flush=True)
         if subprocess.run(cmd, env=os.environ).returncode != 0:
             raise Exit(f"failed: {' '.join(cmd)}", code=1)
+
+
+@task(name="long-stream", help={"candidate": "shortcut for --set eval.candidate=...: 'merged', 'export' or a "
+                                              "checkpoint", "minutes": "shortcut for --set longstream.minutes=...",
+                                 **HELP, **MODEL_HELP}, iterable=["set_"])
+def long_stream(c, config=None, set_=None, model=None, candidate=None, minutes=None):
+    """Conversations of N minutes (held-out clips, 1-3 s pauses) through base and fine-tune as one stream
+    each, past the 750-frame context: per-minute WER, digits, cut-offs, turn ends, padding (issue #40)."""
+    from pipeline import longstream as stage
+
+    extra = ([f"eval.candidate={candidate}"] if candidate else []) + ([f"longstream.minutes={minutes}"]
+                                                                        if minutes else [])
+    cfg = _config(config, list(set_ or []) + extra, model)
+    out = _run_stage(stage.long_stream_eval, cfg)
+    print(stage.summary_table(out))
+    print(f"report: {out / 'report.md'} (plot: {out / 'longstream.png'})")

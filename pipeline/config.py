@@ -159,8 +159,10 @@ class TrainConfig:
     steps: int = doc("Optimizer steps in total.", 300)
     batch_size: int = doc("Windows per optimizer step (per process with torchrun).", 8)
     window_seconds: float = doc(
-        "Length of a training window; utterances are packed into windows (at most the model's "
-        "750-frame / 60 s context).", 30.0)
+        "Length of a training window; utterances are packed into windows. Up to the model's 750-frame "
+        "(60 s) context every frame sees the window's start; a longer window (up to 600 s) trains its "
+        "frames past the context as the runtime streams them, each attending to the 750 frames before "
+        "it with the stream's start out of view (docs/long-streams.md: what a long stream needs).", 30.0)
     grad_clip: float = doc("Clip the gradient norm to this value (0: off).", 1.0)
     text_padding_weight: float = doc("Loss weight of padding (3) and end-of-padding (0) text targets.", 0.5)
     head_loss: str = doc(
@@ -314,6 +316,38 @@ class EvalConfig:
 
 
 @dataclass
+class LongStreamConfig:
+    minutes: float = doc(
+        "Length of each conversation in minutes: held-out clips (eval.data, eval.split) joined with "
+        "pauses and streamed as one connection (`invoke long-stream`, pipeline/longstream.py). 10 is the "
+        "issue's figure (ten times the 1B's 750-frame context).", 10.0)
+    conversations: int = doc("Conversations streamed through each model (each a new draw of clips and pauses).", 1)
+    seed: int = doc("Seed of the clip order and the pauses.", 0)
+    pause_min: float = doc("Shortest pause between two utterances (last word end to next first word start), s.",
+                           1.0)
+    pause_max: float = doc("Longest such pause, s (drawn uniformly between the two).", 3.0)
+    runtime: str = doc(
+        "'server-semantics' (Kyutai's Rust crate as moshi-server runs a connection: warm-up, slot reset) or "
+        "'candle' (a fresh stream).", "server-semantics")
+    alone: bool = doc("Also stream every clip used on its own, as `invoke eval` does: the same utterances' "
+                      "figures without the long context (doubles the streaming time).", True)
+    mimi_drift: bool = doc("Also Mimi-encode each conversation and each clip alone and report, per minute, the "
+                           "share of speech frames whose first-codebook code is the same (the codec's drift, "
+                           "apart from the LM's).", True)
+    out: str = doc("Report folder (relative paths are under `artifacts`).", "longstream")
+
+    def __post_init__(self) -> None:
+        if not self.minutes > 0 or self.conversations < 1:
+            raise ConfigError(f"longstream.minutes must be positive and longstream.conversations at least 1, got "
+                              f"{self.minutes} and {self.conversations}")
+        if not 0 <= self.pause_min <= self.pause_max:
+            raise ConfigError(f"longstream.pause_min and pause_max must satisfy 0 <= pause_min <= pause_max, got "
+                              f"{self.pause_min} and {self.pause_max}")
+        if self.runtime not in ("server-semantics", "candle"):
+            raise ConfigError(f"longstream.runtime must be 'server-semantics' or 'candle', got {self.runtime!r}")
+
+
+@dataclass
 class OrganismConfig:
     out: str = doc("Folder of the model organism (relative paths are under `artifacts`): `init/` (random "
                    "weights, Mimi fitted on the dataset's speech), `train.pack.safetensors` (codes and labels "
@@ -409,6 +443,10 @@ class Config:
     eval: EvalConfig = doc(
         "A/B report of base vs fine-tuned model (`invoke eval`).", default_factory=EvalConfig
     )
+    longstream: LongStreamConfig = doc(
+        "Conversations of several minutes through base and fine-tune, past the 750-frame context "
+        "(`invoke long-stream`; it reads eval.data, eval.split, eval.base, eval.candidate and the eval rules).",
+        default_factory=LongStreamConfig)
     organism: OrganismConfig = doc(
         "A small STT trained here from scratch with Kyutai's number habit (`invoke organism`, issue #7).",
         default_factory=OrganismConfig)
@@ -423,6 +461,7 @@ class Config:
 
 
 _DTYPES = ("bf16", "f16", "f32")
+MAX_WINDOW_SECONDS = 600  # ten minutes: the long-stream eval's streams; attention memory grows with the window
 _RUNTIMES = ("candle", "torch", "server-semantics", "server")
 _HEAD_LOSSES = ("supervised", "distill", "none")
 
@@ -444,9 +483,9 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: train.number_form must be 'words' or 'digits', got {cfg.train.number_form!r}")
     if cfg.train.schedule not in ("cosine", "constant"):
         raise ConfigError(f"{where}: train.schedule must be 'cosine' or 'constant', got {cfg.train.schedule!r}")
-    if not 0 < cfg.train.window_seconds <= 60:
-        raise ConfigError(f"{where}: train.window_seconds must be in (0, 60] (the model's context), "
-                          f"got {cfg.train.window_seconds}")
+    if not 0 < cfg.train.window_seconds <= MAX_WINDOW_SECONDS:
+        raise ConfigError(f"{where}: train.window_seconds must be in (0, {MAX_WINDOW_SECONDS}] (beyond the "
+                          f"model's 60 s context, frames see the 750 before them), got {cfg.train.window_seconds}")
     for name in ("lora_rank", "steps", "batch_size", "log_every", "save_every", "val_every"):
         if getattr(cfg.train, name) < 1:
             raise ConfigError(f"{where}: train.{name} must be at least 1, got {getattr(cfg.train, name)}")

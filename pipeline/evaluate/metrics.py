@@ -297,13 +297,20 @@ def vad_metrics(fired: np.ndarray, turn: Turn | None,
 
 # --- one utterance, then the whole set ----------------------------------------------------------
 
-def score_utterance(ref: Reference, hyp_words: Sequence[str], pause: np.ndarray, rules: Rules) -> dict:
-    """Every per-utterance figure for one model: text, number spans, and each rule's VAD figures."""
+def score_utterance(ref: Reference, hyp_words: Sequence[str], pause: np.ndarray, rules: Rules,
+                    fired: dict[str, np.ndarray] | None = None) -> dict:
+    """Every per-utterance figure for one model: text, number spans, and each rule's VAD figures.
+
+    `fired`: each rule's on/off per step, already computed over a longer stream and cut to this
+    utterance's steps (the long-stream eval: the Unmute rule's EMA and warm-up belong to the
+    stream, not to each utterance); by default the rules are applied to `pause`."""
     ref_norm, spans = normalize_reference(ref.words, ref.spans)
     hyp_norm = normalize_words(hyp_words)
     span_hyps = span_hypotheses(ref_norm, hyp_norm, spans)
     numbers = [ref.span_interval(s) for s in ref.spans]
-    vad = {name: vad_metrics(fired, ref.turn, numbers) for name, (fired, _) in fired_steps(pause, rules).items()}
+    if fired is None:
+        fired = {name: on for name, (on, _) in fired_steps(pause, rules).items()}
+    vad = {name: vad_metrics(fired[name], ref.turn, numbers) for name in RULES}
     span_rows = []
     for i, (span, norm, hyp) in enumerate(zip(ref.spans, spans, span_hyps)):
         words = ref_norm[norm[0]:norm[1] + 1] if norm else []
