@@ -94,8 +94,10 @@ case "$1" in
     (cd "$work" && sha256sum -c --quiet SHA256SUMS && [ "$(ls part-* | wc -l)" = "$(wc -l < SHA256SUMS)" ]) \
       || { echo "unbundle: parts missing or corrupt in ${dirs[*]}" >&2; exit 1; }
     cat "$work"/part-* | tar -C artifacts -xvf - > "$work/unpacked" || exit 1
-    ${PYTHON:-.venv/bin/python} -m invoke organism --config configs/organism.yaml --set organism.mimi_arch=standard \
-      --set organism.card=2048 --stage restore-mimi
+    # the bundle's own organism settings (bundle.sets, written by `ship`); a standard-Mimi `pair` by default
+    sets=(--set organism.mimi_arch=standard --set organism.card=2048)
+    [ -f artifacts/organism/bundle.sets ] && mapfile -t sets < artifacts/organism/bundle.sets
+    ${PYTHON:-.venv/bin/python} -m invoke organism --config configs/organism.yaml "${sets[@]}" --stage restore-mimi
     for variant in $(grep -o "^organism-[^/]*/model.mimi.sha256$" "$work/unpacked" | cut -d/ -f1); do
       # a `pair` variant, trained on the same Mimi as organism/
       cp artifacts/organism/model/mimi-*.safetensors "artifacts/$variant/model/"
@@ -252,7 +254,7 @@ bundle() {  # organism/ and any organism-NAME/ beside it (from `pair`): their ba
   for o in organism $(cd artifacts && ls -d organism-* 2>/dev/null); do
     [ -f artifacts/$o/model/config.json ] || continue
     (cd artifacts/$o/model && sha256sum mimi-*.safetensors) > artifacts/$o/model.mimi.sha256
-    files+=($o/model $o/model.mimi.sha256 $o/run/metrics.jsonl)
+    files+=($o/model $o/model.mimi.sha256 $o/run/metrics.jsonl $(cd artifacts && ls $o/bundle.sets 2>/dev/null))
     for f in base.log lora.log runs/lora/final/lora.safetensors runs/lora/final/config.json runs/lora/metrics.jsonl; do
       [ -f artifacts/$o/$f ] && files+=($o/$f)
     done
@@ -262,8 +264,28 @@ bundle() {  # organism/ and any organism-NAME/ beside it (from `pair`): their ba
   (cd $b && sha256sum part-*) > $b/SHA256SUMS
   echo "bundle: $(ls $b/part-* | wc -l) parts, $(du -sh $b | cut -f1)"
 }
+ship() {  # SECONDS [--set ...]: after distill+dataset+pack on this warm machine, the pack's rest, the base and
+          # its LoRA within SECONDS, then the bundle (Mimi shards, base, LoRA, logs) and `fetch 0`. Resumable:
+          # the same call again continues the base from its last checkpoint.
+  local until=$((SECONDS + $1)) root=artifacts/organism lora_s=110
+  if [ ! -f $root/model/config.json ]; then
+    timeout $((until - lora_s - 25 - SECONDS)) python3 -m invoke organism --config configs/organism.yaml \
+      --set data.out=organism/data-box "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/base.log
+    echo "base: $(tail -1 $root/base.log)"
+    [ -f $root/model/config.json ] || { echo "the base is unfinished: run the same call again" >&2; return 1; }
+  fi
+  if [ ! -f $root/runs/lora/final/lora.safetensors ]; then
+    timeout $((until - 25 - SECONDS)) python3 -m invoke train --config configs/organism.yaml --resume \
+      --set train.data=organism/train.pack.safetensors "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/lora.log
+    echo "lora: $(tail -1 $root/lora.log)"
+  fi
+  printf '%s\n' "${@:2}" > $root/bundle.sets
+  cp $root/base.log $root/lora.log $OUT/ 2>/dev/null
+  [ -f $root/runs/lora/final/lora.safetensors ] || { echo "the LoRA is unfinished: run the same call again" >&2; return 1; }
+}
 case "$1" in
   distill) distill 460 "${@:2}" ;;
+  ship) ship "${@:2}" && bundle && bash "$0" fetch 0 ;;
   # the distillation with the dataset built beside it on the box's CPUs (how long the whole run on
   # the box would spend on data), then packing that dataset with the new Mimi for $2 seconds
   distill+dataset+pack) dataset 400 > $OUT/dataset.log 2>&1 & distill 460 "${@:3}"; wait; cat $OUT/dataset.log
@@ -278,5 +300,5 @@ case "$1" in
   pair+bundle) pair "${@:2}" && paired && bundle && bash "$0" fetch 0 ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|ship|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
 esac
