@@ -12,7 +12,8 @@
 #
 # Slow parts are cached outside the clone under $STT_NUMERALS_CACHE (default ~/.cache/stt-numerals):
 # the wheels (cuda13/, about 1.2 GB), the Rust targets (cargo-target-cuda/, server-target-cuda/).
-# The outputs are small enough to travel with the device tool's `carry` (tens of MiB).
+# The outputs are small enough to travel through the channel to the box (tens of MiB; README.md here).
+# On a machine with a GPU and the CUDA toolkit, build directly instead: docs/gpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache=${STT_NUMERALS_CACHE:-$HOME/.cache/stt-numerals}

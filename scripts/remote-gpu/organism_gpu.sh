@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The full model-organism run on the GPU box (device tool), as run for the README figures.
+# The full model-organism run on the GPU box, as run for the organism's figures (docs/organism/history.md).
+# The box is a remote GPU machine reached through a size-limited channel (scripts/remote-gpu/README.md);
+# on your own GPU machine run `invoke organism` then `invoke all` instead (docs/organism/README.md).
 #
 # The standard-Mimi organism, whole on the box (2026-12-06: six calls on one warm H100, 23 min
 # of device time; S="--set organism.mimi_arch=standard --set organism.card=2048"):

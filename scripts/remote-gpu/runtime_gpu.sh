@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The production runtime on the GPU box (issue #19), with the builds of scripts/remote-gpu/build_cuda.sh:
+# The production runtime on the GPU box (issue #19; a remote GPU machine: README.md here; on your own GPU
+# machine, the invoke commands of docs/gpu.md), with the builds of scripts/remote-gpu/build_cuda.sh:
 #   scripts/remote-gpu/runtime_gpu.sh parity [EXPORT]   verify-candle --device cuda (Candle CUDA bf16 against
 #                                            PyTorch CUDA bf16) on EXPORT (default: the organism's,
 #                                            artifacts/organism/export, carried)

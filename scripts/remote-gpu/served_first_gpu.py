@@ -1,4 +1,5 @@
-"""The served first frame on the GPU box: what keeping it costs a code pack, and whether the GPU
+"""The served first frame on the GPU box (a remote GPU machine, scripts/remote-gpu/README.md; the script
+runs as it is on any machine with a GPU): what keeping it costs a code pack, and whether the GPU
 gives the CPU's codes (issue #16). Run on the box with the .whl wheels on PYTHONPATH:
 
     python3 scripts/remote-gpu/served_first_gpu.py [CLIPS]
