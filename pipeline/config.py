@@ -59,7 +59,7 @@ class VerifyConfig:
                       "export it can load), 'yes' (fail if it cannot run), 'no'.", "auto")
     device: str = doc("Where both runtimes run the parity checks: 'cpu' (Candle float32 against PyTorch float32 "
                       "and bf16, what CI runs) or 'cuda' (Candle CUDA bf16 against PyTorch CUDA bf16, the way "
-                      "moshi-server runs on a GPU; needs candle_bridge built by scripts/build_cuda.sh and, for "
+                      "moshi-server runs on a GPU; needs candle_bridge built with its `cuda` feature (docs/gpu.md) and, for "
                       "the server row, MOSHI_SERVER pointing at a `--features cuda` build).", "cpu")
 
 
