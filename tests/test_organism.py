@@ -7,7 +7,7 @@ fine-tune, fewer spans come out as digits. Whether fewer held-out dictations are
 stable at this scale (see `test_the_base_is_cut_off_mid_dictation`). On the training clips, which
 it does recognize, the fine-tune must write the words and cut in far less, both with its own words
 and with the reference text forced (eval.text=reference: the heads alone). The full-size figures
-are in the README.
+are in docs/organism/README.md.
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def test_on_its_training_clips_the_fine_tune_writes_words_and_is_cut_off_less(ex
     """Free-running on audio the CI organism recognizes (its training clips, its own words): the
     base writes dictated numbers as digits and its heads cut in mid-dictation; the fine-tune writes
     the words, recognizes plain sentences no worse, and cuts in far less. The held-out table of the
-    README is the same measurement on unseen voices, at a scale CI cannot train."""
+    organism report (docs/organism/README.md) is the same measurement on unseen voices, at a scale
+    CI cannot train."""
     base, cand = experiment["own_train"]["base"], experiment["own_train"]["candidate"]
     assert base["digit_share"] >= MIN_OWN_BASE_DIGITS and cand["digit_share"] <= MAX_OWN_DIGITS
     assert cand["wer"]["numbers"]["wer"] <= base["wer"]["numbers"]["wer"] - MIN_OWN_NUMBER_WER_GAIN
