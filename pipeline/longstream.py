@@ -78,6 +78,7 @@ from .io import atomic_dir
 
 MODELS = ("base", "candidate")
 STEPS_PER_MINUTE = int(60 * FRAME_RATE)  # 750: the 1B's context is exactly one minute
+FINE_STEPS = STEPS_PER_MINUTE // 6  # the plot's padding share also per 10 s, to see when a collapse starts
 RUNTIMES = ("server-semantics", "candle")
 
 
@@ -236,12 +237,12 @@ def score_conversation(conv: Conversation, run: LongStream, rules: Rules) -> lis
     return scores
 
 
-def padding_share(written: np.ndarray, minutes: int) -> list[float | None]:
-    """Per minute, the share of its steps whose written token is padding (0 or 3); steps whose
-    token is unknown (-1) are left out."""
+def padding_share(written: np.ndarray, minutes: int, per: int = STEPS_PER_MINUTE) -> list[float | None]:
+    """Per minute (or per bin of `per` steps: `minutes` bins), the share of its steps whose written
+    token is padding (0 or 3); steps whose token is unknown (-1) are left out."""
     out = []
     for m in range(minutes):
-        part = np.asarray(written[m * STEPS_PER_MINUTE:(m + 1) * STEPS_PER_MINUTE])
+        part = np.asarray(written[m * per:(m + 1) * per])
         part = part[part >= 0]
         out.append(float(np.isin(part, PADDING).mean()) if len(part) else None)
     return out
@@ -349,6 +350,8 @@ def long_stream_eval(cfg: Config, base: Checkpoint | Path | None = None,
         shares = np.array([padding_share(r.written, minutes) for r in runs[m]], dtype=float)
         for k, row in enumerate(table[m]):
             row["padding_share"] = float(np.nanmean(shares[:, k]))
+    fine = {m: np.nanmean(np.array([padding_share(r.written, minutes * 6, FINE_STEPS) for r in runs[m]],
+                                   dtype=float), axis=0).tolist() for m in MODELS}
     used = sorted({p.index for c in convs for p in c.placed})
     alone = None
     if ls.alone:
@@ -370,7 +373,7 @@ def long_stream_eval(cfg: Config, base: Checkpoint | Path | None = None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out = cfg.output_path(ls.out)
     with atomic_dir(out) as tmp:
-        write_report(tmp, meta, table, alone, mimi, scores)
+        write_report(tmp, meta, table, alone, mimi, scores, fine)
         np.savez_compressed(tmp / "traces.npz", **{f"{m}_{k}_{name}": getattr(runs[m][k], name) for m in MODELS
                                                     for k in range(len(convs)) for name in ("written", "pause")})
     return out
@@ -409,18 +412,18 @@ def format_table(meta: dict, table: dict, alone: dict | None, mimi: list | None)
             cells += [_fmt(row.get(key), kind) for row in table[m]]
             lines.append("| " + " | ".join(cells) + " |")
     if mimi is not None:
-        cells = ["Mimi codes as alone (codebook 1)", "both"] + (["100.0"] if alone else []) + [_fmt(x, "pct")
-                                                                                             for x in mimi]
+        cells = ["Mimi codes as alone (codebook 1)", "both"] + (["-"] if alone else []) + [_fmt(x, "pct") for x in mimi]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 PLOTTED = (("wer", "WER"), ("digits_right_share", "spans with the right digits"),
            ("dictations_cut_share", "dictations cut off (head > thr.)"), ("turn_end_share", "turn ends detected"),
-           ("padding_share", "steps writing padding"))
+           ("padding_share", "steps writing padding (thin: per 10 s)"))
 
 
-def plot_minutes(path: Path, meta: dict, table: dict, alone: dict | None, mimi: list | None) -> None:
+def plot_minutes(path: Path, meta: dict, table: dict, alone: dict | None, mimi: list | None,
+                 fine: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -428,7 +431,10 @@ def plot_minutes(path: Path, meta: dict, table: dict, alone: dict | None, mimi: 
 
     colors = {"base": "#404040", "candidate": "#1f77b4"}
     panels = PLOTTED + ((("mimi", "Mimi codes as alone"),) if mimi is not None else ())
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), sharex=True)
+    fig, grid = plt.subplots(2, 3, figsize=(11, 6.4), sharex=True)
+    axes = grid.ravel()
+    for ax in axes[len(panels):]:
+        ax.axis("off")
     x = np.arange(meta["minutes"]) + 0.5  # each minute at its middle
     for ax, (key, title) in zip(axes, panels):
         if key == "mimi":
@@ -436,6 +442,9 @@ def plot_minutes(path: Path, meta: dict, table: dict, alone: dict | None, mimi: 
         for m in MODELS if key != "mimi" else ():
             ys = [np.nan if r.get(key) is None else 100 * r[key] for r in table[m]]
             ax.plot(x, ys, "o-", color=colors[m], label=m)
+            if key == "padding_share" and fine:
+                ax.plot((np.arange(len(fine[m])) + 0.5) / 6, [100 * v for v in fine[m]], "-", color=colors[m],
+                        lw=0.7, alpha=0.6)
             if alone and alone[m].get(key) is not None:
                 ax.axhline(100 * alone[m][key], color=colors[m], ls=":", lw=1)
         ax.axvline(0.5, color="#ff7f0e", lw=0.8, alpha=0.6)  # 30 s: the longest training window
@@ -443,33 +452,36 @@ def plot_minutes(path: Path, meta: dict, table: dict, alone: dict | None, mimi: 
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("stream time (min)")
         ax.set_xlim(0, meta["minutes"])
-        ax.set_ylim(-2, 102)
+        top = max([100.0] + [100 * r[key] for m in MODELS for r in table[m] if key != "mimi" and r.get(key)])
+        ax.set_ylim(-2, top + 2)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{meta['conversations']} stream(s) of {meta['minutes']} min ({meta['runtime']}); dotted: the same "
-                 f"clips streamed alone; orange: 30 s (training windows); red: 60 s (the 750-frame context is full)",
-                 fontsize=9)
+    for ax in grid[:, 0]:
+        ax.set_ylabel("%")
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"{meta['conversations']} stream(s) of {meta['minutes']} min ({meta['runtime']}), each minute's "
+                 f"utterances pooled; dotted: the same clips streamed alone;\norange: 30 s (the longest training "
+                 f"window); red: 60 s (the 750-frame context is full)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def write_report(folder: Path, meta: dict, table: dict, alone: dict | None, mimi: list | None,
-                 scores: dict[str, list[dict]]) -> None:
+                 scores: dict[str, list[dict]], fine: dict | None = None) -> None:
     """metrics.json (every figure and utterance), report.md (the per-minute table), longstream.png."""
     utterances = [{"id": b["id"], "minute": b["minute"], "start_step": b["start_step"],
                    "reference": b["reference"], **{m: {"hypothesis": s["hypothesis"]} for m, s in
                                                    (("base", b), ("candidate", c))}}
                   for b, c in zip(scores["base"], scores["candidate"])]
     (folder / "metrics.json").write_text(json.dumps({"meta": meta, "minutes": table, "alone": alone, "mimi": mimi,
-                                                     "utterances": utterances}, indent=1, ensure_ascii=False) + "\n")
+                                                     "padding_10s": fine, "utterances": utterances}, indent=1,
+                                                    ensure_ascii=False) + "\n")
     text = (f"# Long-stream eval\n\nbase: `{meta['base']}`  \ncandidate: `{meta['candidate']}`  \n"
             f"{meta['conversations']} conversation(s) of {meta['minutes']} min, {meta['runtime']}, "
             f"{sum(meta['utterances_per_conversation'])} utterances ({meta['distinct_clips']} distinct clips)\n\n"
             + format_table(meta, table, alone, mimi) + "\n![per minute](longstream.png)\n")
     (folder / "report.md").write_text(text)
-    plot_minutes(folder / "longstream.png", meta, table, alone, mimi)
+    plot_minutes(folder / "longstream.png", meta, table, alone, mimi, fine)
 
 
 def summary_table(folder: str | Path) -> str:
