@@ -417,6 +417,48 @@ def format_table(meta: dict, table: dict, alone: dict | None, mimi: list | None)
     return "\n".join(lines) + "\n"
 
 
+# The issue's targets (#40), read off the per-minute table. For each figure: which way is worse
+# when the candidate is compared with its base (None: the two differ by design, e.g. the number form).
+TARGETS = (("wer", "higher"), ("digit_share", None), ("exact_share", None), ("digits_right_share", "lower"),
+           ("dictations_cut_share", "higher"), ("turn_end_share", "lower"), ("padding_share", "higher"))
+DRIFT_POINTS, BASE_POINTS, PADDING_POINTS = 2.0, 2.0, 5.0
+
+
+def target_rows(table: dict) -> list[dict]:
+    """Per figure: the candidate's largest distance from its minute 1 over the later minutes (points,
+    the minute), and its largest gap to the base in the worse direction over all minutes (points, the
+    minute; padding: more than the base's share + 5 points is the issue's "padding takes over")."""
+    rows = []
+    for key, worse in TARGETS:
+        cand, base = [r.get(key) for r in table["candidate"]], [r.get(key) for r in table["base"]]
+        drift = [(abs(c - cand[0]) * 100, m + 1) for m, c in enumerate(cand) if m and c is not None and
+                 cand[0] is not None]
+        gaps = []
+        if worse:
+            sign = 1 if worse == "higher" else -1
+            gaps = [(sign * (c - b) * 100, m + 1) for m, (c, b) in enumerate(zip(cand, base))
+                    if c is not None and b is not None]
+        limit = PADDING_POINTS if key == "padding_share" else BASE_POINTS
+        rows.append({"figure": key, "drift": max(drift) if drift else None, "gap": max(gaps) if gaps else None,
+                     "drift_ok": None if key == "padding_share" or not drift else max(drift)[0] <= DRIFT_POINTS,
+                     "gap_ok": None if not gaps else max(gaps)[0] <= limit})
+    return rows
+
+
+def format_targets(table: dict) -> str:
+    def cell(value, ok) -> str:
+        if value is None:
+            return "-"
+        return f"{value[0]:.1f} (min {value[1]}) {'ok' if ok else 'MISSED'}" if ok is not None else \
+            f"{value[0]:.1f} (min {value[1]})"
+
+    lines = ["| figure | candidate: farthest from its minute 1 (points) | candidate worse than base by (points) |",
+             "|---|---|---|"]
+    lines += [f"| {r['figure']} | {cell(r['drift'], r['drift_ok'])} | {cell(r['gap'], r['gap_ok'])} |"
+              for r in target_rows(table)]
+    return "\n".join(lines) + "\n"
+
+
 PLOTTED = (("wer", "WER"), ("digits_right_share", "spans with the right digits"),
            ("dictations_cut_share", "dictations cut off (head > thr.)"), ("turn_end_share", "turn ends detected"),
            ("padding_share", "steps writing padding (thin: per 10 s)"))
@@ -479,7 +521,12 @@ def write_report(folder: Path, meta: dict, table: dict, alone: dict | None, mimi
     text = (f"# Long-stream eval\n\nbase: `{meta['base']}`  \ncandidate: `{meta['candidate']}`  \n"
             f"{meta['conversations']} conversation(s) of {meta['minutes']} min, {meta['runtime']}, "
             f"{sum(meta['utterances_per_conversation'])} utterances ({meta['distinct_clips']} distinct clips)\n\n"
-            + format_table(meta, table, alone, mimi) + "\n![per minute](longstream.png)\n")
+            + format_table(meta, table, alone, mimi)
+            + f"\nThe issue's targets: the candidate within {DRIFT_POINTS:g} points of its minute 1 on every figure "
+              f"(padding: no limit of its own), and never worse than the base by more than {BASE_POINTS:g} points "
+              f"(padding: {PADDING_POINTS:g}). A minute holds about ten utterances per conversation: read the "
+              f"utterance counts before a gap of a few points.\n\n"
+            + format_targets(table) + "\n![per minute](longstream.png)\n")
     (folder / "report.md").write_text(text)
     plot_minutes(folder / "longstream.png", meta, table, alone, mimi, fine)
 

@@ -227,3 +227,25 @@ def test_window_seconds_may_pass_the_context_up_to_ten_minutes():
     assert load_config(None, []).train.window_seconds == 30  # the default stays inside the context
     with pytest.raises(ConfigError, match="train.window_seconds"):
         load_config(None, ["train.window_seconds=601"])
+
+
+def test_the_targets_read_the_per_minute_table():
+    from pipeline.longstream import target_rows
+
+    def minute(wer, pad, cut=0.1):
+        return {"wer": wer, "digit_share": 0.0, "exact_share": 0.5, "digits_right_share": 0.6,
+                "dictations_cut_share": cut, "turn_end_share": 0.9, "padding_share": pad}
+
+    # candidate: WER 20 % -> 21 % -> 25 % (5 points from minute 1 at minute 3: missed); base WER 20 %
+    # throughout, so the candidate is 5 points worse at minute 3; padding 60 % against the base's
+    # 50 %: 10 points more than the base, over the 5-point limit.
+    table = {"candidate": [minute(0.20, 0.60), minute(0.21, 0.60), minute(0.25, 0.60, cut=0.05)],
+             "base": [minute(0.20, 0.50)] * 3}
+    rows = {r["figure"]: r for r in target_rows(table)}
+    assert rows["wer"]["drift"] == (pytest.approx(5.0), 3) and rows["wer"]["drift_ok"] is False
+    assert rows["wer"]["gap"] == (pytest.approx(5.0), 3) and rows["wer"]["gap_ok"] is False
+    assert rows["padding_share"]["gap"][0] == pytest.approx(10.0) and rows["padding_share"]["gap_ok"] is False
+    # fewer dictations cut than the base is better, not a gap; the number form is not compared
+    assert rows["dictations_cut_share"]["gap"][0] == pytest.approx(0.0) and rows["dictations_cut_share"]["gap_ok"]
+    assert rows["dictations_cut_share"]["drift"] == (pytest.approx(5.0), 3)
+    assert rows["digit_share"]["gap"] is None and rows["turn_end_share"]["drift_ok"] is True
