@@ -449,8 +449,8 @@ def format_targets(table: dict) -> str:
     def cell(value, ok) -> str:
         if value is None:
             return "-"
-        return f"{value[0]:.1f} (min {value[1]}) {'ok' if ok else 'MISSED'}" if ok is not None else \
-            f"{value[0]:.1f} (min {value[1]})"
+        return f"{value[0] + 0.0:.1f} (min {value[1]}) {'ok' if ok else 'MISSED'}" if ok is not None else \
+            f"{value[0] + 0.0:.1f} (min {value[1]})"
 
     lines = ["| figure | candidate: farthest from its minute 1 (points) | candidate worse than base by (points) |",
              "|---|---|---|"]
