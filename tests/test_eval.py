@@ -330,3 +330,26 @@ def test_folder_of_audio_with_transcripts(tmp_path):
     score = score_utterance(refs[0], ["Call", "5551234", "now"], np.zeros((60, 4)), Rules())
     assert score["spans"][0]["digits"] and score["spans"][0]["cut"] == {"threshold": None, "unmute": None}
     assert not math.isnan(score["speech"][1])
+
+
+def test_a_recording_session_is_evaluated_from_its_prompt_files(tmp_path):
+    """`invoke record` writes <id>.wav with <id>.prompt.json (no .txt): `invoke eval --data` reads the
+    spoken text of the prompt file, so the README's three your-own-voice commands work; a .txt wins."""
+    import json
+
+    from pipeline.data.audio import write_wav
+
+    audio = 0.3 * np.sin(2 * np.pi * 220 * np.arange(24_000) / 24_000).astype(np.float32)
+    write_wav(tmp_path / "me-0-0001.wav", audio)
+    (tmp_path / "me-0-0001.prompt.json").write_text(json.dumps(
+        {"written": "Order 1296.", "text": "Order one two nine six.", "lang": "en"}))
+    write_wav(tmp_path / "me-0-0002.wav", audio)
+    (tmp_path / "me-0-0002.prompt.json").write_text("{}")
+    (tmp_path / "me-0-0002.txt").write_text("Hello there")
+    refs = read_transcribed_folder(tmp_path)
+    assert [r.id for r in refs] == ["me-0-0001", "me-0-0002"]
+    assert refs[0].words == ["Order", "one", "two", "nine", "six."] and refs[0].spans == [Span(1, 4, "1296")]
+    assert refs[1].words == ["Hello", "there"]
+    (tmp_path / "me-0-0002.txt").unlink()   # an unreadable prompt file is one line naming it
+    with pytest.raises(EvalError, match="me-0-0002.prompt.json"):
+        read_transcribed_folder(tmp_path)
