@@ -339,7 +339,9 @@ class LongStreamConfig:
     pause_max: float = doc("Longest such pause, s (drawn uniformly between the two).", 3.0)
     runtime: str = doc(
         "'server-semantics' (Kyutai's Rust crate as moshi-server runs a connection: warm-up, slot reset) or "
-        "'candle' (a fresh stream).", "server-semantics")
+        "'candle' (a fresh stream); 'candle-clips' is a diagnostic: the LM streams on, but each clip (with the "
+        "silence after it) is Mimi-encoded from a fresh Mimi state, as training packs utterances encoded one by "
+        "one, so the long context is apart from the Mimi's continuous stream.", "server-semantics")
     alone: bool = doc("Also stream every clip used on its own, as `invoke eval` does: the same utterances' "
                       "figures without the long context (doubles the streaming time).", True)
     mimi_drift: bool = doc("Also Mimi-encode each conversation and each clip alone and report, per minute, the "
@@ -354,8 +356,9 @@ class LongStreamConfig:
         if not 0 <= self.pause_min <= self.pause_max:
             raise ConfigError(f"longstream.pause_min and pause_max must satisfy 0 <= pause_min <= pause_max, got "
                               f"{self.pause_min} and {self.pause_max}")
-        if self.runtime not in ("server-semantics", "candle"):
-            raise ConfigError(f"longstream.runtime must be 'server-semantics' or 'candle', got {self.runtime!r}")
+        if self.runtime not in ("server-semantics", "candle", "candle-clips"):
+            raise ConfigError(f"longstream.runtime must be 'server-semantics', 'candle' or 'candle-clips', got "
+                              f"{self.runtime!r}")
 
 
 @dataclass

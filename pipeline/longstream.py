@@ -22,7 +22,10 @@ Definitions (tests/test_longstream.py checks each on hand-built cases):
   `minutes`; the stream is then padded with silence to exactly `minutes`.
 - Streaming. One connection per conversation and model, nothing reset between utterances:
   'server-semantics' (Kyutai's Rust crate as moshi-server runs it: warm-up, slot reset, then every
-  frame; `candle_bridge.ServerStreamer`) or 'candle' (a fresh `moshi::asr::State`).
+  frame; `candle_bridge.ServerStreamer`) or 'candle' (a fresh `moshi::asr::State`). A diagnostic,
+  'candle-clips': the LM streams on without a reset, but its codes are Mimi-encoded piece by piece,
+  each clip with the silence after it from a fresh Mimi state, as `invoke train` packs separately
+  encoded utterances end to end: what the LM saw in training, made as long as the conversation.
 - Utterance window. Utterance i owns the steps from its clip's first frame up to the next clip's
   first frame (the last utterance: to the end of the stream). Its words are the words whose step
   lies in the window (the step that closed the word with server semantics, as `invoke eval` takes
@@ -79,7 +82,7 @@ from .io import atomic_dir
 MODELS = ("base", "candidate")
 STEPS_PER_MINUTE = int(60 * FRAME_RATE)  # 750: the 1B's context is exactly one minute
 FINE_STEPS = STEPS_PER_MINUTE // 6  # the plot's padding share also per 10 s, to see when a collapse starts
-RUNTIMES = ("server-semantics", "candle")
+RUNTIMES = ("server-semantics", "candle", "candle-clips")
 
 
 @dataclass
@@ -186,6 +189,30 @@ class LongRunner:
         self.tokenizer = ckpt.tokenizer
         self.streamer = (candle_bridge.ServerStreamer(str(ckpt), ckpt.delay_frames) if runtime == "server-semantics"
                          else candle_bridge.Streamer(str(ckpt)))
+        self.encoder = candle_bridge.Streamer(str(ckpt)) if runtime == "candle-clips" else None
+
+    def run_conversation(self, conv: Conversation, progress=None) -> LongStream:
+        """`run(conv.audio)`, or with 'candle-clips' the LM streaming on over codes Mimi-encoded
+        piece by piece: each clip with the silence after it from a fresh Mimi state, as training
+        packs separately encoded utterances end to end (the diagnostic of the module doc)."""
+        if self.runtime != "candle-clips":
+            return self.run(conv.audio, progress=progress)
+        self.streamer.reset()
+        codes = []
+        for k, p in enumerate(conv.placed):
+            first = 0 if k == 0 else p.start  # the silence before the first clip goes with it
+            self.encoder.reset()
+            codes.append(np.asarray(self.encoder.encode_pcm(conv.audio[first * FRAME_SAMPLES:p.end * FRAME_SAMPLES])))
+        tokens, pauses = [], []
+        for frame in np.concatenate(codes):
+            token, _, pause = self.streamer.step_tokens([int(c) for c in frame])
+            tokens.append(token)
+            pauses.append(pause)
+            if progress is not None and len(tokens) % STEPS_PER_MINUTE == 0:
+                progress(STEPS_PER_MINUTE)
+        written = np.asarray(tokens, dtype=np.int64)
+        return LongStream(written, np.asarray(pauses, dtype=np.float32),
+                          decode_words(written, self.decode, self.ckpt.text_delay))
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -302,14 +329,14 @@ def _stream_model(ckpt: Checkpoint, convs: Sequence[Conversation], runtime: str,
     total = sum(c.steps for c in convs)
     with tqdm(total=total, desc=f"{label} ({runtime}, {len(convs)} conversation(s))", unit="step",
               position=position) as bar:
-        return [runner.run(c.audio, progress=bar.update) for c in convs]
+        return [runner.run_conversation(c, progress=bar.update) for c in convs]
 
 
 def _alone(ckpt: Checkpoint, refs: Sequence[Reference], audio: Sequence[np.ndarray], cfg: Config, label: str,
            rules: Rules, position: int) -> list[dict]:
     from tqdm import tqdm
 
-    runtime = cfg.longstream.runtime if cfg.longstream.runtime == "server-semantics" else "candle"
+    runtime = "server-semantics" if cfg.longstream.runtime == "server-semantics" else "candle"
     with Runner(ckpt, runtime, cfg.eval.flush_seconds) as runner:
         runs = [runner.run(a) for a in tqdm(audio, desc=f"{label} alone", unit="utt", position=position)]
     return [score_utterance(r, [w.text for w in s.words], s.pause, rules) for r, s in zip(refs, runs)]

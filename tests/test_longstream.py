@@ -181,6 +181,28 @@ def test_streaming_in_chunks_is_one_stream(served):
     assert whole.written[-1] == -1 and len(whole.written) == len(audio) // FRAME_SAMPLES
 
 
+def test_clip_by_clip_codes_are_the_fresh_stream_for_one_clip_and_differ_after(served):
+    """'candle-clips' Mimi-encodes each clip from a fresh Mimi state (as training packs them): for
+    a one-clip conversation that is exactly the fresh Candle stream; for two clips, the second
+    clip's codes differ from the continuous stream's."""
+    from pipeline.longstream import LongRunner
+
+    audio = served["clip"]
+    steps = len(audio) // FRAME_SAMPLES
+    one = Conversation(audio, [Placed(ref("a", ["x"], 0.4), 0, steps, steps, 0)])
+    fresh = LongRunner(served["ckpt"], "candle").run_conversation(one)
+    clips_runner = LongRunner(served["ckpt"], "candle-clips")
+    clips = clips_runner.run_conversation(one)
+    np.testing.assert_array_equal(fresh.written, clips.written)
+    np.testing.assert_allclose(fresh.pause, clips.pause, atol=1e-6)
+    two = Conversation(np.concatenate([audio, audio]), [Placed(ref("a", ["x"], 0.4), 0, steps, steps, 0),
+                                                        Placed(ref("a", ["x"], 0.4), steps, 2 * steps, steps, 0)])
+    continuous = LongRunner(served["ckpt"], "candle").run_conversation(two)
+    pieces = clips_runner.run_conversation(two)
+    np.testing.assert_allclose(continuous.pause[:steps], pieces.pause[:steps], atol=1e-6)
+    assert np.abs(continuous.pause[steps:] - pieces.pause[steps:]).max() > 1e-4
+
+
 # --- training past the context ---------------------------------------------------------------------
 
 def test_a_training_window_longer_than_the_context_sees_what_a_long_stream_sees(tiny_ckpt):
