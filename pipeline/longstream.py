@@ -528,7 +528,7 @@ def plot_minutes(path: Path, meta: dict, table: dict, alone: dict | None, mimi: 
         ax.set_ylabel("%")
     axes[0].legend(fontsize=8, loc="best")
     fig.suptitle(f"{meta['conversations']} stream(s) of {meta['minutes']} min ({meta['runtime']}), each minute's "
-                 f"utterances pooled; dotted: the same clips streamed alone;\norange: 30 s (the longest training "
+                 f"utterances pooled; dotted: the same clips streamed alone;\norange: 30 s (invoke train's default "
                  f"window); red: 60 s (the 750-frame context is full)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
