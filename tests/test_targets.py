@@ -68,6 +68,9 @@ def test_a_digit_form_number_cut_by_the_window_keeps_its_frames_masked_and_its_t
     whole = batch([utt], [(0, 0, 50)], 50)
     assert whole.text[0, 22:26].tolist() == [EPAD, 23, 24, 25]
     assert whole.pause[0, 10:17, 0].eq(1).all()  # mid-dictation the digit form says "pause": DSM#152
+    # The number's frames (left out of distillation): from the frame "seven" starts in, 0.6 s ->
+    # frame 7, to the frame its end plus the delay falls in, 1.7 + 0.5 = 2.2 s -> frame 27, inclusive.
+    assert whole.number_mask[0].nonzero().flatten().tolist() == list(range(7, 28))
     cut = batch([utt], [(0, 18, 32)], 32)  # opens at 1.44 s, 0.04 s after the number's word started
     assert cut.text[0, 4:8].tolist() == [IGNORE] * 4  # (old code: frames 6 and 7 trained as PAD)
     assert cut.text[0, :4].tolist() == [PAD] * 4 and cut.text[0, 17:19].tolist() == [EPAD, 26]
