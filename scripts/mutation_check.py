@@ -241,6 +241,9 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per test run")
     parser.add_argument("--tests", nargs="*", default=list(FAST_TESTS), help="test files to run against each mutant")
+    parser.add_argument("--tests-from", metavar="REF",
+                        help="run the tests/ folder of this git commit instead (the code stays this tree's): "
+                             "the score of an older suite; test files it lacks are left out")
     args = parser.parse_args()
 
     names = [m.name for m in MUTANTS]
@@ -262,6 +265,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
         tree = Path(tmp) / "tree"
         copy_tree(tree)
+        if args.tests_from:
+            shutil.rmtree(tree / "tests")
+            archive = subprocess.run(["git", "archive", args.tests_from, "tests"], cwd=ROOT, capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            tests = tuple(t for t in tests if (tree / t).is_file())
         code, output, seconds = run_tests(tree, tests, args.timeout)
         if code != 0:
             print(f"the fast tests fail on the unmutated tree ({seconds:.0f} s):\n{output[-3000:]}")
