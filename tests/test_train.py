@@ -268,6 +268,39 @@ def test_saved_adapter_reproduces_the_trained_model_through_moshi(tmp_path, tiny
     assert not torch.allclose(a_text, base_text, atol=1e-3)
 
 
+def test_teacher_forced_frame_t_is_the_streaming_step_t_that_read_the_same_text(tiny_ckpt, samples):
+    """Training and the runtime meet: `make_batch`'s inputs through `forward_stt` give at frame t
+    what moshi streaming gives at step t after reading back the same text (the window's labels)
+    and the same audio codes (`torch_stream`, the Rust runtime's input convention, which
+    tests/test_eval_report.py ties to Kyutai's crate under forced text). So the one-frame input
+    shift and the text delay of the labels are the runtime's, end to end."""
+    import numpy as np
+
+    from pipeline.eval import Reference
+    from pipeline.evaluate.stream import reference_text
+    from pipeline.verify import torch_stream
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    lm = ckpt.load_lm(dtype=torch.float32)
+    sample = samples[0]
+    n = sample.frames
+    batch = tr.make_batch([[(0, 0, n)]], samples, n, ckpt.tokenizer.encode, lm.text_card, lm.card, ckpt.text_delay)
+    forced = batch.text[0]
+    assert (forced != tr.IGNORE).all() and (forced > 3).sum() >= len(sample.words)  # every frame known, words in it
+    # The eval's forced text (eval.text=reference) is the same stream: same labels, same delay.
+    ref = Reference("s0", [w.text for w in sample.words], [(w.start, w.end) for w in sample.words])
+    assert reference_text(ref, ckpt, "words", n).tolist() == forced.tolist()
+    with torch.no_grad():
+        text_logits, head_logits = tr.forward_stt(lm, batch.inputs)
+    streamed = torch_stream(ckpt, sample.codes.T.numpy(), forced_text=forced.numpy())
+    taught = text_logits[0].numpy()
+    assert streamed.logits.shape == taught.shape == (n, lm.text_card)
+    assert np.abs(streamed.logits - taught).max() < 1e-4
+    assert np.abs(streamed.pause - tr.pause_log_probs(head_logits)[0].exp()[0].numpy()).max() < 1e-5
+    # Off by one frame, they disagree: the comparison can see a shift.
+    assert np.abs(streamed.logits[1:] - taught[:-1]).max() > 1e-2
+
+
 def tr_non_lm_keys():
     from pipeline.checkpoint import NON_LM_KEYS
 
