@@ -1,10 +1,13 @@
 """The text loss, the pause-head loss and one training step, with answers derived by hand.
 
 What the pause heads learn is decided here, so every convention is pinned by a known answer:
-- class 0 of each head's 6 outputs is "pause". Kyutai's runtime reads it so: moshi 0.6.4
-  `asr.rs` sends `softmax(extra_head)[.., 0, 0]` per head as `prs`, moshi-server forwards
-  `p[0]` in its `Step` messages, and Kyutai's clients end the turn on `prs[2] > 0.5`
-  (/work/shared/research/anchors.md, "Semantic VAD");
+- class 0 of each head's 6 outputs is "pause". Kyutai's runtime reads it so: the Rust crate
+  moshi 0.6.4 (`src/asr.rs`) sends `softmax_last_dim(extra_head).i((.., 0, 0))` per head as
+  `AsrMsg::Step { prs }` ("only retrieve the first element for each extra-head"), moshi-server
+  0.6.4 forwards `p[0]` of each in its `Step` messages, and Kyutai's clients end the turn on
+  `prs[2] > 0.5` (the stt-rs example) or on an EMA of `prs[2]` above 0.6 (Unmute). PyTorch moshi
+  0.2.13's `LMGen.step_with_extra_heads` returns the same softmax per head. (The project's
+  research notes: ../shared/research/candle.md, "VAD read-out"; finetune.md, "class 0 is P(pause)".)
 - masked frames (IGNORE text, head_mask 0) carry no weight; PAD and EPAD text targets weigh
   `train.text_padding_weight`;
 - the head loss is a binary cross-entropy on P(pause): lowest, with a zero gradient, where

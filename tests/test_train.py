@@ -183,6 +183,24 @@ def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
     assert not (run / "profile.txt").exists()  # the profiler runs only when asked (it keeps every event)
 
 
+@pytest.mark.parametrize("head_loss", ["distill", "none"])
+def test_the_other_head_losses_run_through_train(tmp_path, tiny_ckpt, samples, head_loss):
+    """train.head_loss=distill and none through the whole loop (their arithmetic: test_losses.py).
+    distill's first step has LoRA B = 0, so the student is the base: its head loss is then the
+    binary entropy of the base's own P(pause), at most ln 2 (alignment targets could cost more)."""
+    import math
+
+    rows = metrics(tr.train(config(tmp_path, steps=3, head_loss=head_loss), tiny_ckpt, samples=samples))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    weight = load_config(None).train.head_loss_weight
+    for r in rows:
+        assert r["loss"] == pytest.approx(r["text_loss"] + weight * r["head_loss"], rel=1e-5)
+    if head_loss == "none":
+        assert all(r["head_loss"] == 0.0 for r in rows)
+    else:
+        assert 0 < rows[0]["head_loss"] <= math.log(2) + 1e-6
+
+
 def test_profile_writes_the_op_table_of_three_steps(tmp_path, tiny_ckpt, samples):
     run = tr.train(config(tmp_path, steps=6, profile="true"), tiny_ckpt, samples=samples)
     text = (run / "profile.txt").read_text()
