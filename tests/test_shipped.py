@@ -170,3 +170,52 @@ def test_the_shipped_base_is_rebuilt_with_its_mimi_in_float32(tmp_path):
     again = resolve_model("organism", tmp_path)      # built once: the stamp matches
     assert again.path == ckpt.path and (ckpt.path / "shipped.json").is_file()
     shutil.rmtree(ckpt.path)
+
+
+def test_a_shipped_tiny_organism_materializes_as_its_base_and_its_merged_fine_tune(tiny_ckpt, tmp_path):
+    """ship() then materialize() end to end on real files: a tiny base with its Mimi as bf16 shards
+    and a LoRA saved as `invoke train` saves it. `organism` is the base with its Mimi rebuilt
+    (float32, the bf16 values); `organism-ft` is exactly what `invoke merge` writes from the two."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.checkpoint import Checkpoint, to_legacy_names
+    from pipeline.distill import save_shards
+    from pipeline.lora import apply_lora, save_adapter
+    from pipeline.merge import merge
+    from pipeline.presets import write_mimi
+
+    src = tmp_path / "src"
+    base = Path(shutil.copytree(tiny_ckpt, src / "model"))
+    config = json.loads((base / "config.json").read_text())
+    mimi = Checkpoint.open(base).load_mimi().state_dict()
+    state = {k: v.to(torch.bfloat16).float() for k, v in mimi.items()}      # as the distillation ships it
+    write_mimi(state, base / config["mimi_name"])
+    (src / "mimi").mkdir()
+    save_shards(state, src / "mimi", "mimi")
+    (src / "mimi" / "mimi-config.json").write_text("{}")
+    torch.manual_seed(0)
+    lm = Checkpoint.open(base).load_lm()
+    apply_lora(lm, 4, 2.0)
+    for name, param in lm.named_parameters():
+        if ".lora_B." in name:
+            torch.nn.init.normal_(param, std=0.05)
+    save_adapter(src / "lora", lm, Checkpoint.open(base).info.raw_config, 4, 2.0, ft_embed=False)
+    (src / "heldout.json").write_text(json.dumps(TABLE))
+    folder = tmp_path / "models" / "organism"
+    shipped.ship(base, src / "lora", src / "mimi", src / "heldout.json", {"card": "test"}, folder=folder,
+                 docs_heldout=None)
+    assert f"base/{config['mimi_name']}" not in shipped.check_files(folder)["files"]   # rebuilt from the shards
+
+    artifacts = tmp_path / "artifacts"
+    got = shipped.materialize(shipped.BASE, artifacts, folder)
+    for key in ("lm", "tokenizer", "mimi"):
+        a, b = got.files[key], Checkpoint.open(base).files[key]
+        assert a.read_bytes() == b.read_bytes(), key
+    ft = shipped.materialize(shipped.FINE_TUNE, artifacts, folder)
+    merge(base, src / "lora", tmp_path / "merged")
+    want = load_file(str(Checkpoint.open(tmp_path / "merged").files["lm"]))
+    have = load_file(str(ft.files["lm"]))
+    assert sorted(have) == sorted(want) and all(torch.equal(have[k], want[k]) for k in want)
+    base_lm = load_file(str(got.files["lm"]))
+    assert any(not torch.equal(have[k], base_lm[k]) for k in want)    # the LoRA is in it
