@@ -1,6 +1,6 @@
 """The shipped organism's bookkeeping (pipeline/shipped.py): the manifest check, the table
-comparison that guards a replacement, and the replacement itself. The organism's effect is
-tested in tests/test_shipped_effect.py."""
+comparison that guards a replacement, the replacement itself, and a shipped tiny organism loaded
+back as `organism` and `organism-ft`."""
 
 import json
 import shutil
@@ -139,37 +139,6 @@ def test_a_damaged_file_is_a_one_line_error_naming_it(shipped_copy, damage, mess
 def test_a_missing_manifest_says_how_to_restore_it(tmp_path):
     with pytest.raises(ModelError, match="git checkout models/"):
         shipped.check_files(tmp_path)
-
-
-def test_the_repository_ships_the_organism_within_its_budget():
-    """models/organism/ as committed: every file matches its manifest, and at most 40 MB ship."""
-    manifest = shipped.check_files()
-    sizes = {rel: (shipped.SHIPPED_DIR / rel).stat().st_size for rel in manifest["files"]}
-    assert sum(sizes.values()) == manifest["bytes"] <= shipped.MAX_SHIPPED_BYTES
-    assert {"base/config.json", "lora/lora.safetensors", "mimi/mimi-config.json"} <= set(sizes)
-    assert shipped.worse_rows(manifest["heldout"], manifest["heldout"]) == []
-
-
-def test_the_shipped_base_is_rebuilt_with_its_mimi_in_float32(tmp_path):
-    """`--model organism`: the checked files, the Mimi's bf16 shards written as the float32 file the
-    runtime loads (the same values: the distillation rounded every weight to bf16)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from pipeline.checkpoint import to_legacy_names
-    from pipeline.distill import load_shards
-    from pipeline.models import resolve_model
-
-    ckpt = resolve_model("organism", tmp_path)
-    expected = to_legacy_names({k: v.float() for k, v in load_shards(shipped.SHIPPED_DIR / "mimi").items()})
-    mimi = load_file(str(ckpt.files["mimi"]))
-    assert sorted(mimi) == sorted(expected)
-    for k, v in mimi.items():
-        assert v.dtype == torch.float32 and torch.equal(v, expected[k]), k
-        assert torch.equal(v, v.bfloat16().float()), k          # every value is a bf16 value
-    again = resolve_model("organism", tmp_path)      # built once: the stamp matches
-    assert again.path == ckpt.path and (ckpt.path / "shipped.json").is_file()
-    shutil.rmtree(ckpt.path)
 
 
 def test_a_shipped_tiny_organism_materializes_as_its_base_and_its_merged_fine_tune(tiny_ckpt, tmp_path):
