@@ -181,9 +181,9 @@ def ship(base_dir: Path, lora_dir: Path, mimi_dir: Path, heldout: Path, made: di
         if refused:
             raise ModelError(f"{heldout}: worse than the shipped organism on {', '.join(refused)}; "
                              f"pass --allow-worse {','.join(refused)} to replace it anyway")
-    config = json.loads((Path(base_dir) / "config.json").read_text())
-    names = ["config.json"] + [config[k] for k in ("moshi_name", "tokenizer_name", "mimi_config_name") if config.get(k)]
-    picks = {"base": [Path(base_dir) / n for n in names],
+    # every file of the base but its Mimi weights, which the shards hold
+    base_files = [f for key, f in Checkpoint.open(base_dir).files.items() if key != "mimi"]
+    picks = {"base": base_files,
              "mimi": sorted(Path(mimi_dir).glob("mimi-*.safetensors")) + [Path(mimi_dir) / "mimi-config.json"],
              "lora": [Path(lora_dir) / "lora.safetensors", Path(lora_dir) / "config.json"]}
     with atomic_dir(folder) as tmp:

@@ -118,9 +118,21 @@ def test_a_rule_already_on_when_speech_starts_is_no_cutoff_but_is_reported():
     v = vad_metrics(trace(range(0, 7)) > 0.5, TIMED.turn, [(0.96, 1.68)])
     assert v["cutoffs"] == [] and v["cut_off"] is False and v["on_at_start"] is True
     assert v["latency"] is None and v["detected"] is False  # never on after the end: never ended
-    # Turning on exactly when the first word starts (step 4 -> 0.40 s) is not "after" it started.
+    # Turning on exactly when the first word starts (step 4 -> 0.40 s) is not "after" it started:
+    # no cut-off, and not on at the first step after the start (step 5, 0.48 s).
     assert vad_metrics(trace(4) > 0.5, TIMED.turn)["cutoffs"] == []
+    assert vad_metrics(trace(4) > 0.5, TIMED.turn)["on_at_start"] is False
     assert vad_metrics(trace(5) > 0.5, TIMED.turn)["cutoffs"] == pytest.approx([0.48])  # one step later
+    assert vad_metrics(trace(5) > 0.5, TIMED.turn)["on_at_start"] is True
+
+
+def test_the_rule_is_off_before_the_stream_starts():
+    # Speech from 0.00 s: a rule on from step 0 (emitted at 0.08 s) turned on at step 0, after the
+    # first word started, so it is a cut-off at 0.08 s (an onset needs the rule off one step
+    # before, and before the stream it is off).
+    turn = Turn(0.0, 2.0, 2.4)
+    v = vad_metrics(np.ones(STEPS, dtype=bool), turn)
+    assert v["cutoffs"] == pytest.approx([0.08]) and v["cut_off"] is True and v["on_at_start"] is True
 
 
 def test_firing_during_the_last_word_is_its_own_row():
@@ -172,6 +184,7 @@ def test_rules_read_the_configured_head():
     pause = np.zeros((STEPS, 4))
     pause[15, 2] = 0.55  # above 0.5, below 0.6
     pause[20, 1] = 0.99  # another head: ignored
+    pause[25, 2] = 0.5  # exactly the threshold: not above it (Kyutai's clients: prs[2] > 0.5)
     rules = fired_steps(pause, Rules(head=2, threshold=0.5, smooth_threshold=0.6))
     assert np.nonzero(rules["threshold"][0])[0].tolist() == [15]
     assert not rules["unmute"][0].any()

@@ -1,6 +1,6 @@
 """The shipped organism's bookkeeping (pipeline/shipped.py): the manifest check, the table
-comparison that guards a replacement, and the replacement itself. The organism's effect is
-tested in tests/test_shipped_effect.py."""
+comparison that guards a replacement, the replacement itself, and a shipped tiny organism loaded
+back as `organism` and `organism-ft`."""
 
 import json
 import shutil
@@ -141,32 +141,50 @@ def test_a_missing_manifest_says_how_to_restore_it(tmp_path):
         shipped.check_files(tmp_path)
 
 
-def test_the_repository_ships_the_organism_within_its_budget():
-    """models/organism/ as committed: every file matches its manifest, and at most 40 MB ship."""
-    manifest = shipped.check_files()
-    sizes = {rel: (shipped.SHIPPED_DIR / rel).stat().st_size for rel in manifest["files"]}
-    assert sum(sizes.values()) == manifest["bytes"] <= shipped.MAX_SHIPPED_BYTES
-    assert {"base/config.json", "lora/lora.safetensors", "mimi/mimi-config.json"} <= set(sizes)
-    assert shipped.worse_rows(manifest["heldout"], manifest["heldout"]) == []
-
-
-def test_the_shipped_base_is_rebuilt_with_its_mimi_in_float32(tmp_path):
-    """`--model organism`: the checked files, the Mimi's bf16 shards written as the float32 file the
-    runtime loads (the same values: the distillation rounded every weight to bf16)."""
+def test_a_shipped_tiny_organism_materializes_as_its_base_and_its_merged_fine_tune(tiny_ckpt, tmp_path):
+    """ship() then materialize() end to end on real files: a tiny base with its Mimi as bf16 shards
+    and a LoRA saved as `invoke train` saves it. `organism` is the base with its Mimi rebuilt
+    (float32, the bf16 values); `organism-ft` is exactly what `invoke merge` writes from the two."""
     import torch
     from safetensors.torch import load_file
 
-    from pipeline.checkpoint import to_legacy_names
-    from pipeline.distill import load_shards
-    from pipeline.models import resolve_model
+    from pipeline.checkpoint import Checkpoint, to_legacy_names
+    from pipeline.distill import save_shards
+    from pipeline.lora import apply_lora, save_adapter
+    from pipeline.merge import merge
+    from pipeline.presets import write_mimi
 
-    ckpt = resolve_model("organism", tmp_path)
-    expected = to_legacy_names({k: v.float() for k, v in load_shards(shipped.SHIPPED_DIR / "mimi").items()})
-    mimi = load_file(str(ckpt.files["mimi"]))
-    assert sorted(mimi) == sorted(expected)
-    for k, v in mimi.items():
-        assert v.dtype == torch.float32 and torch.equal(v, expected[k]), k
-        assert torch.equal(v, v.bfloat16().float()), k          # every value is a bf16 value
-    again = resolve_model("organism", tmp_path)      # built once: the stamp matches
-    assert again.path == ckpt.path and (ckpt.path / "shipped.json").is_file()
-    shutil.rmtree(ckpt.path)
+    src = tmp_path / "src"
+    base = Path(shutil.copytree(tiny_ckpt, src / "model"))
+    config = json.loads((base / "config.json").read_text())
+    mimi = Checkpoint.open(base).load_mimi().state_dict()
+    state = {k: v.to(torch.bfloat16).float() for k, v in mimi.items()}      # as the distillation ships it
+    write_mimi(state, base / config["mimi_name"])
+    (src / "mimi").mkdir()
+    save_shards(state, src / "mimi", "mimi")
+    (src / "mimi" / "mimi-config.json").write_text("{}")
+    torch.manual_seed(0)
+    lm = Checkpoint.open(base).load_lm()
+    apply_lora(lm, 4, 2.0)
+    for name, param in lm.named_parameters():
+        if ".lora_B." in name:
+            torch.nn.init.normal_(param, std=0.05)
+    save_adapter(src / "lora", lm, Checkpoint.open(base).info.raw_config, 4, 2.0, ft_embed=False)
+    (src / "heldout.json").write_text(json.dumps(TABLE))
+    folder = tmp_path / "models" / "organism"
+    shipped.ship(base, src / "lora", src / "mimi", src / "heldout.json", {"card": "test"}, folder=folder,
+                 docs_heldout=None)
+    assert f"base/{config['mimi_name']}" not in shipped.check_files(folder)["files"]   # rebuilt from the shards
+
+    artifacts = tmp_path / "artifacts"
+    got = shipped.materialize(shipped.BASE, artifacts, folder)
+    for key in ("lm", "tokenizer", "mimi"):
+        a, b = got.files[key], Checkpoint.open(base).files[key]
+        assert a.read_bytes() == b.read_bytes(), key
+    ft = shipped.materialize(shipped.FINE_TUNE, artifacts, folder)
+    merge(base, src / "lora", tmp_path / "merged")
+    want = load_file(str(Checkpoint.open(tmp_path / "merged").files["lm"]))
+    have = load_file(str(ft.files["lm"]))
+    assert sorted(have) == sorted(want) and all(torch.equal(have[k], want[k]) for k in want)
+    base_lm = load_file(str(got.files["lm"]))
+    assert any(not torch.equal(have[k], base_lm[k]) for k in want)    # the LoRA is in it

@@ -25,6 +25,9 @@
 #   scripts/remote-gpu/organism_gpu.sh fetch 4; ... fetch 8; ... fetch 12; ... fetch 16
 #   scripts/remote-gpu/organism_gpu.sh unbundle DIR...                                 # here: organism/ and organism-cb/
 #
+# The default (small-Mimi) organism that ships in models/organism/ (issue #36): README.md beside this
+# script, "Shipping the default organism"; two calls, `distill+dataset+pack 150`, then `ship 585`.
+#
 # Every mode:
 #   scripts/remote-gpu/organism_gpu.sh distill  the organism's Mimi distilled from Whisper tiny.en (issue #16);
 #                                    carry .whl and artifacts/organism/distill/prepared (made here by
@@ -55,6 +58,10 @@
 #   scripts/remote-gpu/organism_gpu.sh unbundle DIR...   (this machine) checks the parts' sha256, unpacks them into
 #                                  artifacts/ and rebuilds the base's Mimi (`invoke organism --stage restore-mimi`,
 #                                  checked against the box's hash); then merge, export and eval here
+#   scripts/remote-gpu/organism_gpu.sh ship SECONDS [--set ...]
+#                                  after distill+dataset+pack: the pack's rest, the base and its LoRA within
+#                                  SECONDS (the LoRA keeps 110 s), then `bundle` and `fetch 0`; resumable;
+#                                  writes organism/bundle.sets so `unbundle` rebuilds the same Mimi
 #   scripts/remote-gpu/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
 #                                  steps; at the default 4,500 run `base`, then `lora`, as two calls)
 #   scripts/remote-gpu/organism_gpu.sh base [--set ...]   the base alone (resumes a cut-off pack or run);
