@@ -211,7 +211,7 @@ def test_turn_ends_are_still_detected_after_the_fine_tune(experiment):
 
 
 def test_the_fine_tune_still_writes_words_three_minutes_into_one_stream(experiment):
-    """Issue #40 on the CI organism (until the shipped one lands: tests/test_longstream_shipped.py):
+    """Issue #40 on the CI organism (until an organism ships in models/organism/, docs/long-streams.md):
     three minutes of training clips (2,250 frames, three 750-frame contexts) through base and
     fine-tune as one connection each, server semantics. This organism was trained on 15 s windows
     and collapses past them (docs/long-streams.md): measured on this CPU, 2026-12-07, the fine-tune
