@@ -80,16 +80,20 @@ def measure_annotation(whisper: str = "tiny.en", n_piper: int = 40, n_espeak: in
 
 
 def bench_data(n_espeak: int = 100, n_piper: int = 10, n_whisper: int = 10, seed: int = 0,
-               cache_dir: str | Path = "artifacts/whisper", whisper: str = "tiny.en") -> dict:
+               cache_dir: str | Path = "artifacts/whisper", whisper: str = "tiny.en", n_kokoro: int = 0) -> dict:
     """Synthesis speed (utterances/s, per engine) and Whisper's annotation real-time factor."""
     from .annotate import Annotator
     from .whisper_model import load_whisper
 
     rng = random.Random(seed)
-    prompts = make_prompts(max(n_espeak, n_piper, n_whisper), seed, french_fraction=0.0, plain_fraction=0.25)
+    prompts = make_prompts(max(n_espeak, n_piper, n_whisper, n_kokoro), seed, french_fraction=0.0, plain_fraction=0.25)
     out: dict = {}
-    for engine, n in (("espeak", n_espeak), ("piper", n_piper)):
-        voices = [pick_voice("en", rng, 1.0 if engine == "piper" else 0.0) for _ in range(n)]
+    for engine, n in (("espeak", n_espeak), ("piper", n_piper), ("kokoro", n_kokoro)):
+        if not n:
+            out[f"{engine}_utterances_per_s"] = out[f"{engine}_real_time_factor"] = None
+            continue
+        voices = [pick_voice("en", rng, 1.0 if engine == "piper" else 0.0,
+                             kokoro_fraction=1.0 if engine == "kokoro" else 0.0) for _ in range(n)]
         synthesize(voices[0], prompts[0].spoken.tts)  # load the engine outside the timing
         start, audio_s = time.perf_counter(), 0.0
         for voice, prompt in zip(voices, prompts):
