@@ -79,6 +79,31 @@ def measure_annotation(whisper: str = "tiny.en", n_piper: int = 40, n_espeak: in
     }
 
 
+def measure_engine_digits(engine: str = "kokoro", n: int = 30, seed: int = 0, whisper: str = "tiny.en",
+                          cache_dir: str | Path = "artifacts/whisper", model=None) -> dict:
+    """Blind Whisper transcripts of `engine`'s number prompts ("piper" or "kokoro"): the share whose
+    spoken digit sequence comes out exactly right (how intelligible the engine's digits are)."""
+    from .annotate import Annotator
+    from .whisper_model import load_whisper
+
+    annotator = Annotator(model if model is not None else load_whisper(whisper, cache_dir), "en")
+    rng = random.Random(seed)
+    matches, misses = 0, []
+    for prompt in make_prompts(n, seed, french_fraction=0.0, plain_fraction=0.0):
+        voice = pick_voice("en", rng, 1.0 if engine == "piper" else 0.0,
+                           kokoro_fraction=1.0 if engine == "kokoro" else 0.0)
+        clip, _ = _clip(voice, prompt.spoken.tts, rng)
+        try:
+            words = annotator.annotate(clip).words
+        except StageError as exc:
+            words = [f"<{exc}>"]
+        if digits_of(words) == digits_of(prompt.spoken.words):
+            matches += 1
+        else:
+            misses.append(f"{voice.id}: {prompt.written!r} -> {' '.join(words)!r}")
+    return {"engine": engine, "prompts": n, "digit_match": matches / n if n else None, "misses": misses}
+
+
 def bench_data(n_espeak: int = 100, n_piper: int = 10, n_whisper: int = 10, seed: int = 0,
                cache_dir: str | Path = "artifacts/whisper", whisper: str = "tiny.en", n_kokoro: int = 0) -> dict:
     """Synthesis speed (utterances/s, per engine) and Whisper's annotation real-time factor."""
