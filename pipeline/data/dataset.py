@@ -32,8 +32,9 @@ def split_of(key: str, seed: int, eval_fraction: float) -> str:
 # --- synthesized utterances -----------------------------------------------------------------------
 
 def synthesize_prompt(prompt: Prompt, cfg_data, rng: random.Random, annotators: dict, split: str = "train") -> Item:
-    """Speak one prompt with a random voice; timings from espeak, or from Whisper for piper."""
-    voice = pick_voice(prompt.lang, rng, cfg_data.piper_fraction, cfg_data.eval_voices, split)
+    """Speak one prompt with a random voice; timings from espeak, or from Whisper for piper and Kokoro."""
+    voice = pick_voice(prompt.lang, rng, cfg_data.piper_fraction, cfg_data.eval_voices, split,
+                       kokoro_fraction=cfg_data.kokoro_fraction)
     audio, rate, timings = synthesize(voice, prompt.spoken.tts)
     peak = float(np.abs(audio).max()) or 1.0
     audio = audio / peak * rng.uniform(0.25, 0.9)

@@ -19,6 +19,7 @@ from ..errors import StageError
 _WORD, _END, _PHONEME = 1, 5, 7
 _RATE, _PITCH, _RANGE = 1, 3, 4
 _SYNCHRONOUS, _PHONEME_EVENTS, _CHARS_UTF8, _POS_CHARACTER = 2, 1, 1, 1
+_IPA = 0x02  # espeak_TextToPhonemes phonememode bit 1: IPA instead of espeak's ASCII names
 
 ENGLISH_VOICES = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
                   "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
@@ -97,6 +98,22 @@ class Espeak:
             audio = (np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)).astype(np.float32) / 32768
             events = self._events
         return Synthesis(audio, self.sample_rate, _word_timings(words, events, len(audio), self.sample_rate))
+
+    def phonemes(self, text: str, voice: str = "en-us") -> str:
+        """espeak-ng's IPA for `text` (stress marks kept, punctuation dropped): the front end of
+        engines that speak phonemes (Kokoro)."""
+        lib = self.lib
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        with self._lock:
+            if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise StageError(f"espeak-ng has no voice {voice!r}; try one of {ENGLISH_VOICES + FRENCH_VOICES}")
+            source = ctypes.create_string_buffer(text.encode())  # owned here: the C side walks a pointer into it
+            cursor = ctypes.c_char_p(ctypes.addressof(source))
+            clauses = []
+            while cursor.value:  # one call per clause; the cursor ends as NULL
+                clauses.append((lib.espeak_TextToPhonemes(ctypes.byref(cursor), _CHARS_UTF8, _IPA) or b"").decode())
+        return " ".join(c for c in clauses if c)
 
 
 def _word_timings(words: list[str], events: list[tuple[int, int, int, bytes]], n_samples: int,

@@ -79,17 +79,45 @@ def measure_annotation(whisper: str = "tiny.en", n_piper: int = 40, n_espeak: in
     }
 
 
+def measure_engine_digits(engine: str = "kokoro", n: int = 30, seed: int = 0, whisper: str = "tiny.en",
+                          cache_dir: str | Path = "artifacts/whisper", model=None) -> dict:
+    """Blind Whisper transcripts of `engine`'s number prompts ("piper" or "kokoro"): the share whose
+    spoken digit sequence comes out exactly right (how intelligible the engine's digits are)."""
+    from .annotate import Annotator
+    from .whisper_model import load_whisper
+
+    annotator = Annotator(model if model is not None else load_whisper(whisper, cache_dir), "en")
+    rng = random.Random(seed)
+    matches, misses = 0, []
+    for prompt in make_prompts(n, seed, french_fraction=0.0, plain_fraction=0.0):
+        voice = pick_voice("en", rng, 1.0 if engine == "piper" else 0.0,
+                           kokoro_fraction=1.0 if engine == "kokoro" else 0.0)
+        clip, _ = _clip(voice, prompt.spoken.tts, rng)
+        try:
+            words = annotator.annotate(clip).words
+        except StageError as exc:
+            words = [f"<{exc}>"]
+        if digits_of(words) == digits_of(prompt.spoken.words):
+            matches += 1
+        else:
+            misses.append(f"{voice.id}: {prompt.written!r} -> {' '.join(words)!r}")
+    return {"engine": engine, "prompts": n, "digit_match": matches / n if n else None, "misses": misses}
+
+
 def bench_data(n_espeak: int = 100, n_piper: int = 10, n_whisper: int = 10, seed: int = 0,
-               cache_dir: str | Path = "artifacts/whisper", whisper: str = "tiny.en") -> dict:
+               cache_dir: str | Path = "artifacts/whisper", whisper: str = "tiny.en", n_kokoro: int = 0) -> dict:
     """Synthesis speed (utterances/s, per engine) and Whisper's annotation real-time factor."""
     from .annotate import Annotator
     from .whisper_model import load_whisper
 
     rng = random.Random(seed)
-    prompts = make_prompts(max(n_espeak, n_piper, n_whisper), seed, french_fraction=0.0, plain_fraction=0.25)
+    prompts = make_prompts(max(n_espeak, n_piper, n_whisper, n_kokoro), seed, french_fraction=0.0, plain_fraction=0.25)
     out: dict = {}
-    for engine, n in (("espeak", n_espeak), ("piper", n_piper)):
-        voices = [pick_voice("en", rng, 1.0 if engine == "piper" else 0.0) for _ in range(n)]
+    for engine, n in (("espeak", n_espeak), ("piper", n_piper), ("kokoro", n_kokoro)):
+        if not n:  # not measured: no figure
+            continue
+        voices = [pick_voice("en", rng, 1.0 if engine == "piper" else 0.0,
+                             kokoro_fraction=1.0 if engine == "kokoro" else 0.0) for _ in range(n)]
         synthesize(voices[0], prompts[0].spoken.tts)  # load the engine outside the timing
         start, audio_s = time.perf_counter(), 0.0
         for voice, prompt in zip(voices, prompts):
