@@ -55,7 +55,7 @@ pip_install() {
 }
 pip_install --quiet --upgrade pip
 # Editable install: maturin compiles candle_bridge (release) and links the `pipeline` package.
-pip_install --quiet --progress-bar off --resume-retries 20 -e ".[test]"
+pip_install --quiet --progress-bar off --resume-retries 20 -e ".[test,voices]"
 
 if [ -n "$server_pid" ]; then
   echo "== waiting for the moshi-server build"
