@@ -351,7 +351,8 @@ def ship_organism(c, config=None, set_=None, heldout=None, allow_worse="", card=
     made = {"date": time.strftime("%Y-%m-%d"), "card": card,
             "commands": list(command or [f"invoke organism --config {config}", f"invoke train --config {config}"]),
             "data": {"seed": d.seed, "count": d.count, "eval_fraction": d.eval_fraction,
-                     "piper_fraction": d.piper_fraction, "french_fraction": d.french_fraction,
+                     "piper_fraction": d.piper_fraction, "kokoro_fraction": d.kokoro_fraction,
+                     "french_fraction": d.french_fraction,
                      "eval_voices": d.eval_voices, "augment_copies": d.augment_copies},
             "eval": {k: meta.get(k) for k in ("runtime", "text", "data", "split", "base", "candidate", "created")},
             "config": render_config(cfg)}
