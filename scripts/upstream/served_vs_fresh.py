@@ -1,0 +1,160 @@
+"""Served (moshi-server's semantics) against fresh streams, with whichever `candle_bridge` is on
+the path: run by scripts/upstream/slot_reset_patch.sh once with the module built against moshi
+0.6.4 as published and once against the patched crate.
+
+    python scripts/upstream/served_vs_fresh.py MODEL [--clips DIR|FILE ...] [--limit N] [--out FILE]
+
+MODEL: a checkpoint directory or a preset name (built under artifacts/checkpoints if missing).
+Streams verify-candle's test audio (212 steps, `pipeline.verify.test_audio`, no flush, as its
+production row) and each clip (padded to whole frames and followed by eval.flush_seconds of
+silence, as `invoke eval` streams it). --clips takes a dataset folder from `invoke data` (its
+`<split>.jsonl`, --split eval by default), a folder of audio with <name>.txt transcripts, or audio
+files. Each stream goes through a fresh `Streamer` (a new `moshi::asr::State`) and through one
+`ServerStreamer` connection (warm-up at start, then `reset_batch_idx` per connection, the
+previous connection's clip before it), on the CPU in float32, as the tests compare them.
+
+Per stream: max |delta pause| over every step and head, whether the LM was given the same text
+token at every step (served `text_input[s+1]` = fresh greedy token `s`), whether the words are the
+same, and, for clips with timings or speech bounds, whether head 2's threshold rule (> 0.5,
+`pipeline.evaluate.metrics`) is on at the first step after speech starts, fresh and served.
+Writes a JSON summary (--out) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(1, str(REPO))  # the project's `pipeline`, after the candle_bridge chosen by PYTHONPATH
+
+from pipeline.checkpoint import Checkpoint  # noqa: E402
+from pipeline.evaluate.metrics import Reference, Rules, decode_words, fired_steps, vad_metrics  # noqa: E402
+from pipeline.evaluate.sources import AUDIO_SUFFIXES, energy_bounds, load_references  # noqa: E402
+from pipeline.evaluate.stream import with_flush  # noqa: E402
+
+FLUSH_SECONDS = 2.0  # eval.flush_seconds' default
+PAUSE_TOLERANCE = 1e-6  # what "equal" means here: float32 batched vs unbatched kernels
+
+
+def open_model(source: str) -> Checkpoint:
+    if Path(source).is_dir():
+        return Checkpoint.open(source)
+    from pipeline.models import resolve_model
+
+    return resolve_model(source, REPO / "artifacts")
+
+
+def clip_references(sources: list[str], split: str, limit: int) -> list[Reference]:
+    refs: list[Reference] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            refs += load_references(path, split)
+        elif path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
+            bounds = energy_bounds(path)  # the speech's start, as `invoke eval` finds it in untranscribed audio
+            refs.append(Reference(path.stem, [], speech=bounds, timing="energy" if bounds else "none", path=str(path)))
+        else:
+            raise SystemExit(f"error: {source}: not a dataset folder, a folder of transcribed audio or an audio file")
+    return refs[:limit] if limit else refs
+
+
+def head2_on_at_start(pause: np.ndarray, ref: Reference | None) -> bool | None:
+    if ref is None or ref.turn is None:
+        return None
+    fired, _ = fired_steps(pause, Rules())["threshold"]
+    return vad_metrics(fired, ref.turn)["on_at_start"]
+
+
+def compare(ckpt: Checkpoint, fresh, server, pcm: np.ndarray, ref: Reference | None) -> dict:
+    fresh.reset()
+    tokens, _, pause = fresh.step_pcm(pcm)
+    tokens, pause = np.asarray(tokens), np.asarray(pause)
+    server.new_connection()
+    text_in, served_pause, events = server.step_pcm(pcm)
+    text_in, served_pause = np.asarray(text_in), np.asarray(served_pause)
+    if served_pause.shape != pause.shape:
+        raise SystemExit(f"error: {len(served_pause)} served steps for {len(pause)} fresh ones")
+    decode = ckpt.tokenizer.decode
+    fresh_words = [w.text for w in decode_words(tokens, decode, ckpt.text_delay)]
+    served_words = [w for _, kind, toks, _ in events if kind == "word" for w in decode(list(toks)).split()]
+    delta = np.abs(served_pause - pause)
+    return {
+        "id": ref.id if ref else "verify-candle test audio", "steps": len(pause),
+        "max_pause_delta": float(delta.max()), "mean_pause_delta": float(delta.mean()),
+        "max_head2_delta": float(delta[:, 2].max()) if pause.shape[1] > 2 else None,
+        "tokens_equal": bool((text_in[1:] == tokens[:-1]).all()),
+        "token_agreement": float((text_in[1:] == tokens[:-1]).mean()),
+        "words_equal": fresh_words == served_words, "words": len(fresh_words),
+        "head2_on_at_start": {"fresh": head2_on_at_start(pause, ref), "served": head2_on_at_start(served_pause, ref)},
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    timed = [r for r in rows if r["head2_on_at_start"]["fresh"] is not None]
+    return {
+        "streams": len(rows), "max_pause_delta": max(r["max_pause_delta"] for r in rows),
+        "streams_within_tolerance": sum(r["max_pause_delta"] <= PAUSE_TOLERANCE for r in rows),
+        "streams_tokens_equal": sum(r["tokens_equal"] for r in rows),
+        "streams_words_equal": sum(r["words_equal"] for r in rows),
+        "timed_streams": len(timed),
+        "head2_on_at_start_fresh": sum(r["head2_on_at_start"]["fresh"] for r in timed),
+        "head2_on_at_start_served": sum(r["head2_on_at_start"]["served"] for r in timed),
+        "served_equals_fresh": all(r["max_pause_delta"] <= PAUSE_TOLERANCE and r["tokens_equal"] and r["words_equal"]
+                                   for r in rows),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--clips", nargs="*", default=[])
+    parser.add_argument("--split", default="eval")
+    parser.add_argument("--limit", type=int, default=0, help="first N clips only (0: all)")
+    parser.add_argument("--label", default="", help="what this run is (e.g. 'moshi 0.6.4 patched'), for the summary")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import candle_bridge
+
+    from pipeline.data.audio import read_audio
+    from pipeline.verify import test_audio
+
+    ckpt = open_model(args.model)
+    refs = clip_references(args.clips, args.split, args.limit)
+    fresh = candle_bridge.Streamer(str(ckpt), "f32", "cpu")
+    server = candle_bridge.ServerStreamer(str(ckpt), ckpt.delay_frames, "cpu")
+    rows = [compare(ckpt, fresh, server, test_audio().astype(np.float32), None)]
+    for i, ref in enumerate(refs):
+        rows.append(compare(ckpt, fresh, server, with_flush(read_audio(Path(ref.path)), FLUSH_SECONDS), ref))
+        print(f"\r{i + 1}/{len(refs)} clips", end="", file=sys.stderr, flush=True)
+    if refs:
+        print(file=sys.stderr)
+    result = {"label": args.label, "candle_bridge": candle_bridge.__file__, "model": str(ckpt),
+              "clips": args.clips, "split": args.split, "limit": args.limit, "flush_seconds": FLUSH_SECONDS,
+              "pause_tolerance": PAUSE_TOLERANCE, "summary": summarize(rows), "streams": rows}
+    print(f"{args.label or 'candle_bridge'} ({candle_bridge.__file__}), {ckpt}")
+    print(f"{'stream':<40} {'steps':>5} {'max|dpause|':>11} {'tokens':>6} {'words':>6}  head 2 on at start (fresh/served)")
+    for r in rows:
+        on = r["head2_on_at_start"]
+        at_start = "-" if on["fresh"] is None else f"{on['fresh']}/{on['served']}"
+        print(f"{r['id'][-40:]:<40} {r['steps']:>5} {r['max_pause_delta']:>11.2e} "
+              f"{'equal' if r['tokens_equal'] else 'differ':>6} {'equal' if r['words_equal'] else 'differ':>6}  "
+              f"{at_start}")
+    print(json.dumps(result["summary"]))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Proves (or disproves) the moshi-server slot-reset fix of docs/upstream/: builds Kyutai's moshi
+# crate 0.6.4 twice in a scratch folder, as published ("stock") and with
+# docs/upstream/moshi-0.6.4-slot-reset.patch ("patched"), with candle_bridge and a small repro
+# against each, then runs on MODEL:
+#   1. scripts/upstream/slot_reset_repro: does a warmed-up, slot-reset batched Mimi encode a new
+#      stream as a fresh Mimi does (and leave the batch's other slot alone)?
+#   2. scripts/upstream/served_vs_fresh.py: ServerStreamer (moshi-server's semantics) against the
+#      fresh Streamer on verify-candle's test audio and on CLIPS (pause within 1e-6, same text
+#      tokens, same words, head 2 on at speech start);
+#   3. (once) moshi's own unit tests and candle_bridge's server_streaming tests on the patched crate.
+# Not part of the default build or CI. Builds once into $STT_UPSTREAM_DIR (default
+# ~/.cache/stt-numerals/upstream-slot-reset, its own CARGO_TARGET_DIR); later runs reuse it.
+#
+# usage: scripts/upstream/slot_reset_patch.sh [--limit N] [--split S] [--out DIR] MODEL [CLIPS...]
+#        scripts/upstream/slot_reset_patch.sh --build-only    (the builds and the crates' tests only)
+#   MODEL  checkpoint directory (an export, the organism, ...) or a preset name (`server`)
+#   CLIPS  dataset folder from `invoke data` (its --split, default eval), folder of transcribed
+#          audio, or audio files; --limit N takes the first N clips
+#   --out  where the JSON results go (default $STT_UPSTREAM_DIR/results)
+# Environment: PYTHON (the project's venv python; default python3), CARGO_BUILD_JOBS (default 2).
+# Exit status: 0 when stock shows the bug and patched gives fresh streams on every check, else 1.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+SCRATCH=${STT_UPSTREAM_DIR:-$HOME/.cache/stt-numerals/upstream-slot-reset}
+export CARGO_TARGET_DIR=$SCRATCH/target
+JOBS=${CARGO_BUILD_JOBS:-2}
+PY=${PYTHON:-python3}
+PATCH=$REPO/docs/upstream/moshi-0.6.4-slot-reset.patch
+LIMIT=0 SPLIT=eval OUT=$SCRATCH/results BUILD_ONLY=
+
+while [[ $# -gt 0 && $1 == --* ]]; do
+  case $1 in
+    --limit) LIMIT=$2; shift 2 ;;
+    --split) SPLIT=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --build-only) BUILD_ONLY=1; shift ;;
+    *) echo "error: unknown option $1 (see the usage at the top of $0)" >&2; exit 2 ;;
+  esac
+done
+[[ $# -ge 1 || -n $BUILD_ONLY ]] || { echo "usage: $0 [--limit N] [--split S] [--out DIR] MODEL [CLIPS...]" >&2; exit 2; }
+MODEL=${1:-}; shift || true
+CLIPS=("$@")
+mkdir -p "$OUT" "$SCRATCH"
+OUT=$(cd "$OUT" && pwd)
+
+# --- the crate's source, from the local registry cache ------------------------------------------
+moshi_src() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/moshi-0.6.4 2>/dev/null | head -1; }
+if [[ -z $(moshi_src) ]]; then
+  echo "== fetching moshi 0.6.4 into the registry cache (cargo fetch)"
+  cargo fetch --manifest-path "$REPO/Cargo.toml"
+fi
+SRC=$(moshi_src)
+
+# --- one scratch workspace per variant: moshi copy, candle_bridge copy, the repro -----------------
+prepare() {  # prepare VARIANT
+  local dir=$SCRATCH/$1 stamp="moshi-0.6.4 $1"
+  if [[ $1 == patched ]]; then stamp+=" $(sha256sum "$PATCH" | cut -c1-16)"; fi
+  mkdir -p "$dir"
+  # Only a changed patch re-copies the crate: a fresh copy would rebuild it (cargo goes by mtimes).
+  if [[ $(cat "$dir/moshi.stamp" 2>/dev/null) != "$stamp" ]]; then
+    rm -rf "$dir/moshi-0.6.4"
+    cp -a "$SRC" "$dir/moshi-0.6.4"
+    if [[ $1 == patched ]]; then
+      patch -p1 --quiet -d "$dir/moshi-0.6.4" <"$PATCH"
+    fi
+    echo "$stamp" >"$dir/moshi.stamp"
+  fi
+  # cp -a keeps the files' mtimes, so unchanged sources are not rebuilt.
+  rm -rf "$dir/candle_bridge" "$dir/slot_reset_repro/src"
+  cp -a "$REPO/candle_bridge" "$dir/candle_bridge"
+  mkdir -p "$dir/slot_reset_repro"
+  cp -a "$REPO/scripts/upstream/slot_reset_repro/src" "$dir/slot_reset_repro/src"
+  [[ -f $dir/Cargo.lock ]] || cp "$REPO/Cargo.lock" "$dir/Cargo.lock"  # the project's versions
+  cat >"$dir/Cargo.toml" <<'EOF'
+# Written by scripts/upstream/slot_reset_patch.sh: moshi 0.6.4 from ./moshi-0.6.4 (a copy of the
+# registry's, patched or not) for candle_bridge and the repro.
+[workspace]
+members = ["candle_bridge", "moshi-0.6.4", "slot_reset_repro"]
+resolver = "2"
+
+[patch.crates-io]
+moshi = { path = "moshi-0.6.4" }
+
+[profile.release]
+debug = false
+EOF
+  cat >"$dir/slot_reset_repro/Cargo.toml" <<'EOF'
+[package]
+name = "slot_reset_repro"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+moshi = "=0.6.4"
+candle = { package = "candle-core", version = "=0.9.1" }
+candle-nn = "=0.9.1"
+candle_bridge = { path = "../candle_bridge" }
+anyhow = "1"
+serde_json = "1"
+EOF
+}
+
+build() {  # build VARIANT: the repro binary and the Python module, copied out of the shared target
+  local dir=$SCRATCH/$1
+  echo "== building against moshi 0.6.4 $1 (cargo -j $JOBS; $dir)"
+  (cd "$dir" && MOSHI_SOURCE="moshi 0.6.4 $1" cargo build --release -j "$JOBS" -p slot_reset_repro)
+  mkdir -p "$dir/bin" "$dir/py"
+  cp "$CARGO_TARGET_DIR/release/slot_reset_repro" "$CARGO_TARGET_DIR/release/minimal" "$dir/bin/"
+  (cd "$dir" && PYO3_PYTHON=$(command -v "$PY") cargo build --release -j "$JOBS" -p candle_bridge --lib \
+    --features python,pyo3/extension-module)
+  cp "$CARGO_TARGET_DIR/release/libcandle_bridge.so" "$dir/py/candle_bridge.abi3.so.tmp"
+  mv "$dir/py/candle_bridge.abi3.so.tmp" "$dir/py/candle_bridge.abi3.so"
+}
+
+for v in stock patched; do prepare $v; build $v; done
+
+# --- the crates' own tests on the patched copy (once per patch) ----------------------------------
+TESTS=$SCRATCH/patched/tests.log
+if [[ ! -f $TESTS || $TESTS -ot $SCRATCH/patched/moshi.stamp ]]; then
+  echo "== moshi's unit tests and candle_bridge's server_streaming tests, patched ($TESTS)"
+  (cd "$SCRATCH/patched" && {
+    cargo test --release -j "$JOBS" -p moshi --lib 2>&1 | grep -E "^test |test result" || true
+    cargo test --release -j "$JOBS" -p candle_bridge --test server_streaming 2>&1 \
+      | grep -E "^test |test result|panicked|left:|right:" || true
+  }) >"$TESTS.tmp"
+  mv "$TESTS.tmp" "$TESTS"
+fi
+cat "$TESTS"
+[[ -z $BUILD_ONLY ]] || exit 0
+
+# --- the runs --------------------------------------------------------------------------------------
+if [[ ! -d $MODEL ]]; then  # a preset name: its directory (built there if missing)
+  MODEL=$(cd "$REPO" && "$PY" -c "import sys; from pipeline.models import resolve_model; \
+print(resolve_model(sys.argv[1], 'artifacts'))" "$MODEL" | tail -1)
+fi
+NAME=$(basename "$MODEL")
+status=0
+for v in stock patched; do
+  echo "== $v: slot_reset_repro $MODEL"
+  set +e
+  "$SCRATCH/$v/bin/slot_reset_repro" "$MODEL" | tee "$OUT/$NAME-repro-$v.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  # Stock must show the bug (exit 1), patched must not (exit 0).
+  if [[ ($v == stock && $rc != 1) || ($v == patched && $rc != 0) ]]; then
+    echo "!! $v: slot_reset_repro exited $rc" >&2; status=1
+  fi
+  echo "== $v: served vs fresh on $MODEL${CLIPS[*]:+ and ${CLIPS[*]}}"
+  (cd "$REPO" && PYTHONPATH=$SCRATCH/$v/py HF_HUB_OFFLINE=1 "$PY" scripts/upstream/served_vs_fresh.py "$MODEL" \
+    ${CLIPS[@]:+--clips "${CLIPS[@]}"} --split "$SPLIT" --limit "$LIMIT" --label "moshi 0.6.4 $v" \
+    --out "$OUT/$NAME-served-vs-fresh-$v.json")
+done
+"$PY" - "$OUT/$NAME-served-vs-fresh-stock.json" "$OUT/$NAME-served-vs-fresh-patched.json" <<'EOF' || status=1
+import json, sys
+stock, patched = (json.load(open(p))["summary"] for p in sys.argv[1:])
+print(f"stock:   served == fresh on every stream: {stock['served_equals_fresh']}; max |dpause| {stock['max_pause_delta']:.3g}")
+print(f"patched: served == fresh on every stream: {patched['served_equals_fresh']}; max |dpause| {patched['max_pause_delta']:.3g}")
+sys.exit(0 if patched["served_equals_fresh"] else 1)
+EOF
+echo "== results in $OUT"
+exit $status

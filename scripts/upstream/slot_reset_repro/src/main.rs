@@ -1,0 +1,173 @@
+//! Does a slot reset give a batched Mimi a fresh stream? The repro behind docs/upstream/.
+//!
+//! Built by scripts/upstream/slot_reset_patch.sh (which writes this crate's Cargo.toml) once
+//! against moshi 0.6.4 as published and once against the patched copy.
+//!
+//!     slot_reset_repro <mimi.safetensors | checkpoint dir> [n_q]
+//!
+//! A .safetensors file is loaded as moshi-server loads Kyutai's Mimi (`moshi::mimi::load_b`,
+//! `Config::v0_1`, n_q codebooks, default 32); a directory is an stt-numerals checkpoint (its
+//! own Mimi config, read by candle_bridge). Uses only moshi's public API, f32 on the CPU.
+//!
+//! Checks, each on the same deterministic noise:
+//! 1. `slot reset`: batch 1 as the server runs it (two silent warm-up frames, then
+//!    `reset_batch_idx(0, 1)`) against a fresh Mimi, frame by frame;
+//! 2. `other slot`: batch 2, slot 1 streaming all along while slot 0 is reset and stays idle
+//!    (masked) for one step before its audio starts: slot 0 must give the fresh codes and slot 1
+//!    the codes of a batch-1 Mimi with slot 1's history, so the reset touches its slot only.
+//!
+//! Prints one line per check and a JSON summary; exits 0 when every check matches, 1 if not.
+
+use anyhow::{bail, Result};
+use candle::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use moshi::mimi::{Config, Mimi};
+use moshi::StreamMask;
+use std::path::{Path, PathBuf};
+
+/// moshi-server's `BatchedAsr` warm-up: two silent frames through the whole batch.
+const WARMUP_FRAMES: usize = 2;
+/// Frames compared after the reset: frame 0 is the one the reset changes, later frames show the
+/// change does not last.
+const FRAMES: usize = 4;
+
+struct Model {
+    cfg: Config,
+    file: PathBuf,
+}
+
+impl Model {
+    fn open(arg: &Path, n_q: usize) -> Result<Self> {
+        if arg.is_dir() {
+            let ckpt = candle_bridge::Checkpoint::open(arg)?;
+            return Ok(Self { cfg: ckpt.mimi, file: ckpt.mimi_file });
+        }
+        if !arg.is_file() {
+            bail!("{}: not found; pass Kyutai's Mimi .safetensors or a checkpoint directory", arg.display())
+        }
+        Ok(Self { cfg: Config::v0_1(Some(n_q)), file: arg.to_path_buf() })
+    }
+
+    fn frame_samples(&self) -> usize {
+        (self.cfg.sample_rate / self.cfg.frame_rate).round() as usize
+    }
+
+    /// A batched Mimi as moshi-server builds it (`Mimi::batched`, f32).
+    fn batched(&self, batch_size: usize) -> Result<Mimi> {
+        // SAFETY: the weights file is read-only and not changed while the process runs.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&self.file], DType::F32, &Device::Cpu)? };
+        Ok(Mimi::batched(batch_size, self.cfg.clone(), vb)?)
+    }
+}
+
+/// Deterministic noise in [-0.5, 0.5) (a 64-bit LCG), `frames` whole frames.
+fn noise(seed: u64, samples: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..samples)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+/// One encoder step over a batch: `frames[b]` is slot b's frame (`None`: the slot is idle and
+/// masked, as the server steps slots that have no audio). Returns each active slot's codes.
+fn step(mimi: &mut Mimi, frames: &[Option<&[f32]>], len: usize) -> Result<Vec<Option<Vec<u32>>>> {
+    let dev = Device::Cpu;
+    let zeros = vec![0f32; len];
+    let pcm: Vec<f32> = frames.iter().flat_map(|f| f.unwrap_or(&zeros).iter().copied()).collect();
+    let xs = Tensor::from_vec(pcm, (frames.len(), 1, len), &dev)?;
+    let mask = StreamMask::new(frames.iter().map(|f| f.is_some()).collect(), &dev)?;
+    let codes = mimi.encode_step(&xs.into(), &mask)?;
+    let Some(codes) = codes.as_option() else { bail!("Mimi produced no frame for a whole input frame") };
+    let codes = codes.squeeze(2)?.to_vec2::<u32>()?; // [batch, n_q]
+    Ok(codes.into_iter().zip(frames).map(|(c, f)| f.map(|_| c)).collect())
+}
+
+fn frames_of(pcm: &[f32], len: usize) -> Vec<&[f32]> {
+    pcm.chunks(len).collect()
+}
+
+/// Codes of each frame of `pcm` through batch-1 `mimi`.
+fn stream(mimi: &mut Mimi, pcm: &[f32], len: usize) -> Result<Vec<Vec<u32>>> {
+    frames_of(pcm, len).into_iter().map(|f| Ok(step(mimi, &[Some(f)], len)?[0].clone().unwrap())).collect()
+}
+
+/// Check 1: fresh Mimi against warm-up + `reset_batch_idx`, frame by frame.
+fn slot_reset(model: &Model, pcm: &[f32]) -> Result<Vec<bool>> {
+    let len = model.frame_samples();
+    let fresh = stream(&mut model.batched(1)?, pcm, len)?;
+    let mut served = model.batched(1)?;
+    let silence = vec![0f32; len];
+    for _ in 0..WARMUP_FRAMES {
+        step(&mut served, &[Some(&silence)], len)?;
+    }
+    served.reset_batch_idx(0, 1)?;
+    let served = stream(&mut served, pcm, len)?;
+    for (i, (f, s)) in fresh.iter().zip(&served).enumerate() {
+        let shown = f.len().min(8);
+        println!("slot reset, frame {i}: fresh {:?}.. served {:?}.. {}", &f[..shown], &s[..shown],
+                 if f == s { "equal" } else { "DIFFERENT" });
+    }
+    Ok(fresh.iter().zip(&served).map(|(f, s)| f == s).collect())
+}
+
+/// Check 2: slot 0 reset and idle one step while slot 1 streams; both against batch-1 references.
+fn other_slot(model: &Model, a: &[f32], b: &[f32]) -> Result<(bool, bool)> {
+    let len = model.frame_samples();
+    let silence = vec![0f32; len];
+    let (a, b) = (frames_of(a, len), frames_of(b, len));
+    let fresh_a = stream(&mut model.batched(1)?, &a.concat(), len)?;
+    // Slot 1's reference: a batch-1 server whose only connection streams b from its reset on.
+    let mut one = model.batched(1)?;
+    for _ in 0..WARMUP_FRAMES {
+        step(&mut one, &[Some(&silence)], len)?;
+    }
+    one.reset_batch_idx(0, 1)?;
+    let ref_b = stream(&mut one, &b.concat(), len)?;
+
+    let mut two = model.batched(2)?;
+    for _ in 0..WARMUP_FRAMES {
+        step(&mut two, &[Some(&silence), Some(&silence)], len)?;
+    }
+    two.reset_batch_idx(1, 2)?;
+    let mut got_b = vec![step(&mut two, &[None, Some(b[0])], len)?[1].clone().unwrap()];
+    two.reset_batch_idx(0, 2)?;
+    got_b.push(step(&mut two, &[None, Some(b[1])], len)?[1].clone().unwrap()); // slot 0 idle
+    let mut got_a = vec![];
+    for (fa, fb) in a.iter().zip(&b[2..]) {
+        let codes = step(&mut two, &[Some(fa), Some(fb)], len)?;
+        got_a.push(codes[0].clone().unwrap());
+        got_b.push(codes[1].clone().unwrap());
+    }
+    let slot0 = got_a == fresh_a[..got_a.len()];
+    let slot1 = got_b == ref_b[..got_b.len()];
+    println!("other slot: slot 0 (reset, idle one step) {} a fresh Mimi over {} frames; slot 1 (streaming) {} \
+              its batch-1 reference over {} frames", if slot0 { "equals" } else { "DIFFERS from" }, got_a.len(),
+             if slot1 { "equals" } else { "DIFFERS from" }, got_b.len());
+    Ok((slot0, slot1))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 2 || args.len() > 3 {
+        bail!("usage: {} <mimi.safetensors | checkpoint dir> [n_q (default 32, .safetensors only)]", args[0])
+    }
+    let n_q = match args.get(2) {
+        Some(v) => v.parse().map_err(|_| anyhow::anyhow!("n_q must be a positive integer, got {v:?}"))?,
+        None => 32,
+    };
+    let model = Model::open(Path::new(&args[1]), n_q)?;
+    let len = model.frame_samples();
+    let a = noise(1, FRAMES * len);
+    let b = noise(2, (FRAMES + 2) * len);
+    let frames = slot_reset(&model, &a)?;
+    let (slot0, slot1) = other_slot(&model, &a, &b)?;
+    let ok = frames.iter().all(|&e| e) && slot0 && slot1;
+    println!("{}", serde_json::json!({
+        "model": args[1], "moshi": option_env!("MOSHI_SOURCE").unwrap_or("unknown"), "frames_equal": frames,
+        "other_slot": {"reset_slot_fresh": slot0, "streaming_slot_unchanged": slot1}, "fresh_after_reset": ok,
+    }));
+    std::process::exit(if ok { 0 } else { 1 })
+}
