@@ -23,7 +23,7 @@ CLIPS = [
     ("en-us", "my number is five five five one two nine six"),
     ("en-gb-x-rp", "the order number is eight three one four two"),
     ("en-us+m3", "call me back on zero seven nine one one"),
-    ("en+f2", "the code is four four nine two and then seven"),
+    ("en-us+m1", "the code is four four nine two and then seven"),
     ("en-us+f4", "please send the parcel to the front desk"),
     ("en-gb-scotland", "it is two three eight six zero one"),
 ]

@@ -14,8 +14,8 @@ files. Each stream goes through a fresh `Streamer` (a new `moshi::asr::State`) a
 previous connection's clip before it), on the CPU in float32, as the tests compare them.
 
 Per stream: max |delta pause| over every step and head, whether the LM was given the same text
-token at every step (served `text_input[s+1]` = fresh greedy token `s`), whether the words are the
-same, and, for clips with timings or speech bounds, whether head 2's threshold rule (> 0.5,
+token at every step (served `text_input[s+1]` = fresh greedy token `s`), whether the words
+`invoke eval` decodes from the two text streams are the same (text and step), and, for clips with timings or speech bounds, whether head 2's threshold rule (> 0.5,
 `pipeline.evaluate.metrics`) is on at the first step after speech starts, fresh and served.
 Writes a JSON summary (--out) and prints a table.
 """
@@ -23,9 +23,11 @@ Writes a JSON summary (--out) and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,7 @@ def head2_on_at_start(pause: np.ndarray, ref: Reference | None) -> bool | None:
     return vad_metrics(fired, ref.turn)["on_at_start"]
 
 
-def compare(ckpt: Checkpoint, fresh, server, pcm: np.ndarray, ref: Reference | None) -> dict:
+def compare(ckpt: Checkpoint, fresh, server, pcm: np.ndarray, ref: Reference | None, url: str | None = None) -> dict:
     fresh.reset()
     tokens, _, pause = fresh.step_pcm(pcm)
     tokens, pause = np.asarray(tokens), np.asarray(pause)
@@ -80,10 +82,28 @@ def compare(ckpt: Checkpoint, fresh, server, pcm: np.ndarray, ref: Reference | N
     text_in, served_pause = np.asarray(text_in), np.asarray(served_pause)
     if served_pause.shape != pause.shape:
         raise SystemExit(f"error: {len(served_pause)} served steps for {len(pause)} fresh ones")
-    decode = ckpt.tokenizer.decode
-    fresh_words = [w.text for w in decode_words(tokens, decode, ckpt.text_delay)]
-    served_words = [w for _, kind, toks, _ in events if kind == "word" for w in decode(list(toks)).split()]
+    # The words `invoke eval` decodes from each side's greedy text stream. The served stream's
+    # token of step s is its text_input at s + 1, so both are compared up to the last step but one.
+    def words(stream: np.ndarray) -> list[tuple[str, int]]:
+        return [(w.text, w.step) for w in decode_words(stream, ckpt.tokenizer.decode, ckpt.text_delay)]
+
+    fresh_words, served_words = words(tokens[:-1]), words(text_in[1:])
     delta = np.abs(served_pause - pause)
+    real = None
+    if url is not None:  # the real moshi-server: one connection, the same pcm
+        from pipeline.serve import stream_clip
+
+        got = stream_clip(url, pcm)
+        steps = len(pause)
+        real_pause = got.pause[:steps]
+        ours = [(step, ckpt.tokenizer.decode(list(toks)), round(start, 6)) for step, kind, toks, start in events
+                if kind == "word"]
+        theirs = [(w.step, w.text, round(w.start_time, 6)) for w in got.words if w.step < steps]
+        real = {"steps": len(real_pause),
+                "max_pause_delta_vs_fresh": float(np.abs(real_pause - pause).max()),
+                "max_pause_delta_vs_server_streamer": float(np.abs(real_pause - served_pause).max()),
+                "words_equal_server_streamer": ours == theirs, "words": len(theirs),
+                "head2_on_at_start": head2_on_at_start(real_pause, ref)}
     return {
         "id": ref.id if ref else "verify-candle test audio", "steps": len(pause),
         "max_pause_delta": float(delta.max()), "mean_pause_delta": float(delta.mean()),
@@ -91,12 +111,37 @@ def compare(ckpt: Checkpoint, fresh, server, pcm: np.ndarray, ref: Reference | N
         "tokens_equal": bool((text_in[1:] == tokens[:-1]).all()),
         "token_agreement": float((text_in[1:] == tokens[:-1]).mean()),
         "words_equal": fresh_words == served_words, "words": len(fresh_words),
+        "server_word_messages": sum(kind == "word" for _, kind, _, _ in events),
         "head2_on_at_start": {"fresh": head2_on_at_start(pause, ref), "served": head2_on_at_start(served_pause, ref)},
+        "moshi_server": real,
     }
+
+
+@contextlib.contextmanager
+def real_server(ckpt: Checkpoint, binary: Path):
+    """moshi-server `binary` serving an export of `ckpt` (batch 1, CPU) as `invoke eval` runs it."""
+    from pipeline.export import export
+    from pipeline.serve import running_server, unservable
+
+    if (reason := unservable(Path(ckpt))) is not None:
+        raise SystemExit(f"error: --server-bin: {ckpt} cannot be served: {reason}")
+    os.environ["MOSHI_SERVER"] = str(binary.resolve())
+    with tempfile.TemporaryDirectory(prefix="stt-numerals-upstream-") as work:
+        folder = export(ckpt, Path(work) / "export", batch_size=1, device="cpu")
+        (Path(work) / "serve").mkdir()
+        with running_server(folder, Path(work) / "serve", cpu=True) as url:
+            yield url
 
 
 def summarize(rows: list[dict]) -> dict:
     timed = [r for r in rows if r["head2_on_at_start"]["fresh"] is not None]
+    real = [r["moshi_server"] for r in rows if r["moshi_server"] is not None]
+    server = {} if not real else {
+        "moshi_server_max_pause_delta_vs_fresh": max(r["max_pause_delta_vs_fresh"] for r in real),
+        "moshi_server_max_pause_delta_vs_server_streamer": max(r["max_pause_delta_vs_server_streamer"] for r in real),
+        "moshi_server_streams_words_equal_server_streamer": sum(r["words_equal_server_streamer"] for r in real),
+        "moshi_server_head2_on_at_start": sum(bool(r["head2_on_at_start"]) for r in real),
+    }
     return {
         "streams": len(rows), "max_pause_delta": max(r["max_pause_delta"] for r in rows),
         "streams_within_tolerance": sum(r["max_pause_delta"] <= PAUSE_TOLERANCE for r in rows),
@@ -107,6 +152,7 @@ def summarize(rows: list[dict]) -> dict:
         "head2_on_at_start_served": sum(r["head2_on_at_start"]["served"] for r in timed),
         "served_equals_fresh": all(r["max_pause_delta"] <= PAUSE_TOLERANCE and r["tokens_equal"] and r["words_equal"]
                                    for r in rows),
+        **server,
     }
 
 
@@ -118,6 +164,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="first N clips only (0: all)")
     parser.add_argument("--label", default="", help="what this run is (e.g. 'moshi 0.6.4 patched'), for the summary")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--server-bin", type=Path,
+                        help="also stream through this moshi-server binary (MODEL must be servable: the standard Mimi)")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,10 +178,13 @@ def main() -> int:
     refs = clip_references(args.clips, args.split, args.limit)
     fresh = candle_bridge.Streamer(str(ckpt), "f32", "cpu")
     server = candle_bridge.ServerStreamer(str(ckpt), ckpt.delay_frames, "cpu")
-    rows = [compare(ckpt, fresh, server, test_audio().astype(np.float32), None)]
-    for i, ref in enumerate(refs):
-        rows.append(compare(ckpt, fresh, server, with_flush(read_audio(Path(ref.path)), FLUSH_SECONDS), ref))
-        print(f"\r{i + 1}/{len(refs)} clips", end="", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(real_server(ckpt, args.server_bin)) if args.server_bin else None
+        rows = [compare(ckpt, fresh, server, test_audio().astype(np.float32), None, url)]
+        for i, ref in enumerate(refs):
+            pcm = with_flush(read_audio(Path(ref.path)), FLUSH_SECONDS)
+            rows.append(compare(ckpt, fresh, server, pcm, ref, url))
+            print(f"\r{i + 1}/{len(refs)} clips", end="", file=sys.stderr, flush=True)
     if refs:
         print(file=sys.stderr)
     result = {"label": args.label, "candle_bridge": candle_bridge.__file__, "model": str(ckpt),
@@ -144,9 +195,13 @@ def main() -> int:
     for r in rows:
         on = r["head2_on_at_start"]
         at_start = "-" if on["fresh"] is None else f"{on['fresh']}/{on['served']}"
+        real = r["moshi_server"]
+        real = "" if real is None else (f"  moshi-server: max|dpause| {real['max_pause_delta_vs_fresh']:.2e} vs fresh, "
+                                        f"{real['max_pause_delta_vs_server_streamer']:.2e} vs ServerStreamer, words "
+                                        f"{'equal' if real['words_equal_server_streamer'] else 'differ'}")
         print(f"{r['id'][-40:]:<40} {r['steps']:>5} {r['max_pause_delta']:>11.2e} "
               f"{'equal' if r['tokens_equal'] else 'differ':>6} {'equal' if r['words_equal'] else 'differ':>6}  "
-              f"{at_start}")
+              f"{at_start}{real}")
     print(json.dumps(result["summary"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

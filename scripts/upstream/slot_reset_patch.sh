@@ -14,6 +14,8 @@
 #
 # usage: scripts/upstream/slot_reset_patch.sh [--limit N] [--split S] [--out DIR] MODEL [CLIPS...]
 #        scripts/upstream/slot_reset_patch.sh --build-only    (the builds and the crates' tests only)
+#   --server  also build Kyutai's moshi-server 0.6.4 against the patched crate and stream through the
+#          real servers, stock (MOSHI_SERVER or the project's install) and patched (a servable MODEL)
 #   MODEL  checkpoint directory (an export, the organism, ...) or a preset name (`server`)
 #   CLIPS  dataset folder from `invoke data` (its --split, default eval), folder of transcribed
 #          audio, or audio files; --limit N takes the first N clips
@@ -28,7 +30,7 @@ export CARGO_TARGET_DIR=$SCRATCH/target
 JOBS=${CARGO_BUILD_JOBS:-2}
 PY=${PYTHON:-python3}
 PATCH=$REPO/docs/upstream/moshi-0.6.4-slot-reset.patch
-LIMIT=0 SPLIT=eval OUT=$SCRATCH/results BUILD_ONLY=
+LIMIT=0 SPLIT=eval OUT=$SCRATCH/results BUILD_ONLY= SERVER=
 
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
@@ -36,6 +38,7 @@ while [[ $# -gt 0 && $1 == --* ]]; do
     --split) SPLIT=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
+    --server) SERVER=1; shift ;;
     *) echo "error: unknown option $1 (see the usage at the top of $0)" >&2; exit 2 ;;
   esac
 done
@@ -55,15 +58,15 @@ SRC=$(moshi_src)
 
 # --- one scratch workspace per variant: moshi copy, candle_bridge copy, the repro -----------------
 prepare() {  # prepare VARIANT
-  local dir=$SCRATCH/$1 stamp="moshi-0.6.4 $1"
+  local dir=$SCRATCH/$1 stamp="moshi-0.6.4-$1"
   if [[ $1 == patched ]]; then stamp+=" $(sha256sum "$PATCH" | cut -c1-16)"; fi
   mkdir -p "$dir"
   # Only a changed patch re-copies the crate: a fresh copy would rebuild it (cargo goes by mtimes).
   if [[ $(cat "$dir/moshi.stamp" 2>/dev/null) != "$stamp" ]]; then
-    rm -rf "$dir/moshi-0.6.4"
-    cp -a "$SRC" "$dir/moshi-0.6.4"
+    rm -rf "$dir/moshi-0.6.4-$1"
+    cp -a "$SRC" "$dir/moshi-0.6.4-$1"
     if [[ $1 == patched ]]; then
-      patch -p1 --quiet -d "$dir/moshi-0.6.4" <"$PATCH"
+      patch -p1 --quiet -d "$dir/moshi-0.6.4-$1" <"$PATCH"
     fi
     echo "$stamp" >"$dir/moshi.stamp"
   fi
@@ -73,15 +76,17 @@ prepare() {  # prepare VARIANT
   mkdir -p "$dir/slot_reset_repro"
   cp -a "$REPO/scripts/upstream/slot_reset_repro/src" "$dir/slot_reset_repro/src"
   [[ -f $dir/Cargo.lock ]] || cp "$REPO/Cargo.lock" "$dir/Cargo.lock"  # the project's versions
-  cat >"$dir/Cargo.toml" <<'EOF'
-# Written by scripts/upstream/slot_reset_patch.sh: moshi 0.6.4 from ./moshi-0.6.4 (a copy of the
-# registry's, patched or not) for candle_bridge and the repro.
+  # The copy's folder name differs per variant: cargo hashes a path crate by its path relative to
+  # the workspace, and the two variants share one target folder.
+  cat >"$dir/Cargo.toml" <<EOF
+# Written by scripts/upstream/slot_reset_patch.sh: moshi 0.6.4 from ./moshi-0.6.4-$1 (a copy of
+# the registry's, $1) for candle_bridge and the repro.
 [workspace]
-members = ["candle_bridge", "moshi-0.6.4", "slot_reset_repro"]
+members = ["candle_bridge", "moshi-0.6.4-$1", "slot_reset_repro"]
 resolver = "2"
 
 [patch.crates-io]
-moshi = { path = "moshi-0.6.4" }
+moshi = { path = "moshi-0.6.4-$1" }
 
 [profile.release]
 debug = false
@@ -124,11 +129,36 @@ if [[ ! -f $TESTS || $TESTS -ot $SCRATCH/patched/moshi.stamp ]]; then
   (cd "$SCRATCH/patched" && {
     cargo test --release -j "$JOBS" -p moshi --lib 2>&1 | grep -E "^test |test result" || true
     cargo test --release -j "$JOBS" -p candle_bridge --test server_streaming 2>&1 \
-      | grep -E "^test |test result|panicked|left:|right:" || true
+      | grep -E "^test |test result|panicked|left:|right:" | cut -c1-160 || true
   }) >"$TESTS.tmp"
   mv "$TESTS.tmp" "$TESTS"
 fi
 cat "$TESTS"
+
+# --- optional: moshi-server itself against the patched crate -------------------------------------
+# Its own Cargo.lock (as `cargo install --locked` builds it), and a copy of the target folder of
+# the project's install when there is one, so only moshi and moshi-server are compiled again.
+if [[ -n $SERVER ]]; then
+  SERVER_SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/moshi-server-0.6.4 2>/dev/null | head -1)
+  if [[ -z $SERVER_SRC ]]; then
+    echo "error: moshi-server 0.6.4's source is not in the registry cache; run bash bootstrap.sh (it builds it) or" \
+      "cargo install moshi-server --version 0.6.4 --locked first" >&2
+    exit 1
+  fi
+  SDIR=$SCRATCH/server
+  if [[ ! -d $SDIR/target && -d $HOME/.cache/stt-numerals/server-target/release ]]; then
+    echo "== seeding $SDIR/target from the project's moshi-server build"
+    mkdir -p "$SDIR/target" && cp -a "$HOME/.cache/stt-numerals/server-target/release" "$SDIR/target/release"
+  fi
+  if [[ ! -f $SDIR/moshi-server-0.6.4/Cargo.toml ]]; then
+    mkdir -p "$SDIR" && cp -a "$SERVER_SRC" "$SDIR/moshi-server-0.6.4"
+    printf '\n[patch.crates-io]\nmoshi = { path = "../../patched/moshi-0.6.4-patched" }\n' \
+      >>"$SDIR/moshi-server-0.6.4/Cargo.toml"
+  fi
+  echo "== building moshi-server 0.6.4 against the patched crate (cargo -j $JOBS; $SDIR)"
+  (cd "$SDIR/moshi-server-0.6.4" && CARGO_TARGET_DIR=$SDIR/target cargo build --release -j "$JOBS" --bin moshi-server)
+  mkdir -p "$SDIR/bin" && cp "$SDIR/target/release/moshi-server" "$SDIR/bin/"
+fi
 [[ -z $BUILD_ONLY ]] || exit 0
 
 # --- the runs --------------------------------------------------------------------------------------
@@ -138,6 +168,10 @@ print(resolve_model(sys.argv[1], 'artifacts'))" "$MODEL" | tail -1)
 fi
 NAME=$(basename "$MODEL")
 status=0
+echo "== PyTorch moshi's per-slot reset on $MODEL's Mimi"
+(cd "$REPO" && HF_HUB_OFFLINE=1 "$PY" scripts/upstream/python_reset.py "$MODEL" | tee "$OUT/$NAME-python-reset.json")
+declare -A SERVER_BIN=([stock]=${MOSHI_SERVER:-$HOME/.cache/stt-numerals/moshi-server-0.6.4/bin/moshi-server}
+                       [patched]=$SCRATCH/server/bin/moshi-server)
 for v in stock patched; do
   echo "== $v: slot_reset_repro $MODEL"
   set +e
@@ -151,14 +185,18 @@ for v in stock patched; do
   echo "== $v: served vs fresh on $MODEL${CLIPS[*]:+ and ${CLIPS[*]}}"
   (cd "$REPO" && PYTHONPATH=$SCRATCH/$v/py HF_HUB_OFFLINE=1 "$PY" scripts/upstream/served_vs_fresh.py "$MODEL" \
     ${CLIPS[@]:+--clips "${CLIPS[@]}"} --split "$SPLIT" --limit "$LIMIT" --label "moshi 0.6.4 $v" \
-    --out "$OUT/$NAME-served-vs-fresh-$v.json")
+    ${SERVER:+--server-bin "${SERVER_BIN[$v]}"} --out "$OUT/$NAME-served-vs-fresh-$v.json")
 done
 "$PY" - "$OUT/$NAME-served-vs-fresh-stock.json" "$OUT/$NAME-served-vs-fresh-patched.json" <<'EOF' || status=1
 import json, sys
 stock, patched = (json.load(open(p))["summary"] for p in sys.argv[1:])
 print(f"stock:   served == fresh on every stream: {stock['served_equals_fresh']}; max |dpause| {stock['max_pause_delta']:.3g}")
 print(f"patched: served == fresh on every stream: {patched['served_equals_fresh']}; max |dpause| {patched['max_pause_delta']:.3g}")
-sys.exit(0 if patched["served_equals_fresh"] else 1)
+real = patched.get("moshi_server_max_pause_delta_vs_fresh")
+if real is not None:
+    print(f"moshi-server: stock max |dpause| vs fresh {stock['moshi_server_max_pause_delta_vs_fresh']:.3g}, "
+          f"patched {real:.3g}")
+sys.exit(0 if patched["served_equals_fresh"] and (real is None or real <= 1e-6) else 1)
 EOF
 echo "== results in $OUT"
 exit $status
