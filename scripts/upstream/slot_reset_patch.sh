@@ -172,7 +172,17 @@ echo "== PyTorch moshi's per-slot reset on $MODEL's Mimi"
 (cd "$REPO" && HF_HUB_OFFLINE=1 "$PY" scripts/upstream/python_reset.py "$MODEL" | tee "$OUT/$NAME-python-reset.json")
 declare -A SERVER_BIN=([stock]=${MOSHI_SERVER:-$HOME/.cache/stt-numerals/moshi-server-0.6.4/bin/moshi-server}
                        [patched]=$SCRATCH/server/bin/moshi-server)
+cp "$TESTS" "$OUT/crate-tests-patched.log"
+# The report's minimal repro runs on Kyutai's Mimi architecture only (what moshi-server loads).
+MIMI=$("$PY" -c "import json, sys; c = json.load(open(sys.argv[1])); \
+print('' if 'mimi_config_name' in c else c['mimi_name'], c['n_q'])" "$MODEL/config.json")
 for v in stock patched; do
+  if [[ -n ${MIMI% *} ]]; then
+    echo "== $v: minimal $MODEL/${MIMI% *} ${MIMI#* }"
+    RUST_BACKTRACE=0 "$SCRATCH/$v/bin/minimal" "$MODEL/${MIMI% *}" "${MIMI#* }" >"$OUT/$NAME-minimal-$v.log" 2>&1 \
+      && echo "exit 0 (passes)" | tee -a "$OUT/$NAME-minimal-$v.log" \
+      || echo "exit $? (fails)" | tee -a "$OUT/$NAME-minimal-$v.log"
+  fi
   echo "== $v: slot_reset_repro $MODEL"
   set +e
   "$SCRATCH/$v/bin/slot_reset_repro" "$MODEL" | tee "$OUT/$NAME-repro-$v.log"
