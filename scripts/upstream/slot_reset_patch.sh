@@ -173,9 +173,10 @@ echo "== PyTorch moshi's per-slot reset on $MODEL's Mimi"
 declare -A SERVER_BIN=([stock]=${MOSHI_SERVER:-$HOME/.cache/stt-numerals/moshi-server-0.6.4/bin/moshi-server}
                        [patched]=$SCRATCH/server/bin/moshi-server)
 cp "$TESTS" "$OUT/crate-tests-patched.log"
-# The report's minimal repro runs on Kyutai's Mimi architecture only (what moshi-server loads).
+# The report's minimal repro runs on Kyutai's Mimi architecture only (what moshi-server loads), with
+# its 32 codebooks as stt-1b-en_fr uses them.
 MIMI=$("$PY" -c "import json, sys; c = json.load(open(sys.argv[1])); \
-print('' if 'mimi_config_name' in c else c['mimi_name'], c['n_q'])" "$MODEL/config.json")
+print('' if 'mimi_config_name' in c else c['mimi_name'], 32)" "$MODEL/config.json")
 for v in stock patched; do
   if [[ -n ${MIMI% *} ]]; then
     echo "== $v: minimal $MODEL/${MIMI% *} ${MIMI#* }"
