@@ -107,6 +107,9 @@ def compare(ckpt: Checkpoint, fresh, server, pcm: np.ndarray, ref: Reference | N
     return {
         "id": ref.id if ref else "verify-candle test audio", "steps": len(pause),
         "max_pause_delta": float(delta.max()), "mean_pause_delta": float(delta.mean()),
+        # Where the streams part: step 0-1 is the first frame a slot reset changes; a later step is
+        # another cause (e.g. a Mimi code that batched and unbatched float rounding break differently).
+        "first_step_over_tolerance": next((int(i) for i in np.nonzero(delta.max(axis=1) > PAUSE_TOLERANCE)[0]), None),
         "max_head2_delta": float(delta[:, 2].max()) if pause.shape[1] > 2 else None,
         "tokens_equal": bool((text_in[1:] == tokens[:-1]).all()),
         "token_agreement": float((text_in[1:] == tokens[:-1]).mean()),
@@ -145,6 +148,9 @@ def summarize(rows: list[dict]) -> dict:
     return {
         "streams": len(rows), "max_pause_delta": max(r["max_pause_delta"] for r in rows),
         "streams_within_tolerance": sum(r["max_pause_delta"] <= PAUSE_TOLERANCE for r in rows),
+        "streams_apart_from_step_0_or_1": sum(r["first_step_over_tolerance"] in (0, 1) for r in rows),
+        "streams_apart_later": {r["id"]: r["first_step_over_tolerance"] for r in rows
+                                if (r["first_step_over_tolerance"] or 0) > 1},
         "streams_tokens_equal": sum(r["tokens_equal"] for r in rows),
         "streams_words_equal": sum(r["words_equal"] for r in rows),
         "timed_streams": len(timed),
@@ -191,7 +197,8 @@ def main() -> int:
               "clips": args.clips, "split": args.split, "limit": args.limit, "flush_seconds": FLUSH_SECONDS,
               "pause_tolerance": PAUSE_TOLERANCE, "summary": summarize(rows), "streams": rows}
     print(f"{args.label or 'candle_bridge'} ({candle_bridge.__file__}), {ckpt}")
-    print(f"{'stream':<40} {'steps':>5} {'max|dpause|':>11} {'tokens':>6} {'words':>6}  head 2 on at start (fresh/served)")
+    print(f"{'stream':<40} {'steps':>5} {'max|dpause|':>11} {'from':>5} {'tokens':>6} {'words':>6}  "
+          "head 2 on at start (fresh/served)")
     for r in rows:
         on = r["head2_on_at_start"]
         at_start = "-" if on["fresh"] is None else f"{on['fresh']}/{on['served']}"
@@ -199,7 +206,8 @@ def main() -> int:
         real = "" if real is None else (f"  moshi-server: max|dpause| {real['max_pause_delta_vs_fresh']:.2e} vs fresh, "
                                         f"{real['max_pause_delta_vs_server_streamer']:.2e} vs ServerStreamer, words "
                                         f"{'equal' if real['words_equal_server_streamer'] else 'differ'}")
-        print(f"{r['id'][-40:]:<40} {r['steps']:>5} {r['max_pause_delta']:>11.2e} "
+        apart = "-" if r["first_step_over_tolerance"] is None else r["first_step_over_tolerance"]
+        print(f"{r['id'][-40:]:<40} {r['steps']:>5} {r['max_pause_delta']:>11.2e} {apart:>5} "
               f"{'equal' if r['tokens_equal'] else 'differ':>6} {'equal' if r['words_equal'] else 'differ':>6}  "
               f"{at_start}{real}")
     print(json.dumps(result["summary"]))
