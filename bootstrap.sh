@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up stt-numerals on a fresh machine (Debian, Python 3.10-3.12, Rust toolchain), install
-# Kyutai's moshi-server (built once, cached), and run the main job offline on the embedded
-# default model:  bash bootstrap.sh [--no-run]
+# Kyutai's moshi-server (built once, cached), and run the quick start offline on the shipped
+# model organism (models/organism/):  bash bootstrap.sh [--no-run]
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -68,6 +68,6 @@ fi
 echo "== moshi-server: ${MOSHI_SERVER:-$SERVER_BIN}"
 
 if [ "${1:-}" != "--no-run" ]; then
-  echo "== invoke all (offline, tiny default model)"
-  HF_HUB_OFFLINE=1 .venv/bin/invoke all
+  echo "== the quick start: invoke all --config configs/quickstart.yaml (offline, the shipped organism, CPU)"
+  HF_HUB_OFFLINE=1 .venv/bin/invoke all --config configs/quickstart.yaml
 fi

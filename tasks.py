@@ -321,6 +321,46 @@ def all_(c, config=None, set_=None, model=None):
     eval_(c, **common)
 
 
+@task(name="ship-organism", help={
+    "heldout": "the eval of the new organism's base and fine-tune on the held-out set (heldout.json of "
+               "`invoke eval`; default: <eval.out>/heldout.json)",
+    "allow_worse": "comma-separated rows (e.g. candidate.wer_no_numbers) that may get worse than the shipped table",
+    "card": "the GPU that trained it, for the manifest (e.g. 'NVIDIA H100 80GB HBM3')",
+    "command": "a command that made it, for the manifest (repeatable; default: the organism recipe's)",
+    **HELP}, iterable=["set_", "command"])
+def ship_organism(c, config=None, set_=None, heldout=None, allow_worse="", card="", command=None):
+    """Replace the shipped organism (models/organism/) with a newly trained one: its base (model.source),
+    its LoRA (merge.adapter) and its distilled Mimi, only if its held-out table is at least as good on
+    every row (or the worse rows are named by --allow-worse). Writes docs/organism/heldout.json too."""
+    import json
+    import time
+    from pathlib import Path
+
+    from pipeline.config import render_config
+    from pipeline.distill import distill_paths
+    from pipeline.merge import read_adapter
+    from pipeline.shipped import ship
+
+    cfg = _config(config, set_ or [])
+    heldout = Path(heldout) if heldout else cfg.output_path(cfg.eval.out) / "heldout.json"
+    if not heldout.is_file():
+        raise Exit(f"error: {heldout}: missing; run `invoke eval` of the new base and fine-tune first", code=2)
+    meta = json.loads((heldout.parent / "metrics.json").read_text())["meta"] if (heldout.parent / "metrics.json").is_file() else {}
+    lora = _run_stage(read_adapter, cfg.output_path(cfg.merge.adapter))[0].parent
+    d = cfg.data
+    made = {"date": time.strftime("%Y-%m-%d"), "card": card,
+            "commands": list(command or [f"invoke organism --config {config}", f"invoke train --config {config}"]),
+            "data": {"seed": d.seed, "count": d.count, "eval_fraction": d.eval_fraction,
+                     "piper_fraction": d.piper_fraction, "french_fraction": d.french_fraction,
+                     "eval_voices": d.eval_voices, "augment_copies": d.augment_copies},
+            "eval": {k: meta.get(k) for k in ("runtime", "text", "data", "split", "base", "candidate", "created")},
+            "config": render_config(cfg)}
+    worse = _run_stage(ship, cfg.output_path(cfg.model.source), lora, distill_paths(cfg)["mimi"], heldout, made,
+                       tuple(w for w in allow_worse.split(",") if w))
+    print(f"shipped the new organism to models/organism/ (rows allowed worse: {', '.join(worse) or 'none'}); "
+          "commit models/ and docs/organism/heldout.json")
+
+
 @task(help={"k": "only run tests matching this pytest expression"})
 def test(c, k=None):
     """Every test: pytest (Python stages, Candle bridge from Python) and cargo test (Rust loader)."""

@@ -435,7 +435,7 @@ def run_benchmarks(cfg, chosen: Sequence[str], one_b: Callable[[], object], expl
                                  processes=cfg.serve.bench_processes)
         elif explicit:
             raise BenchUnavailable("the serve benchmark counts real-time streams per GPU and needs a CUDA GPU and "
-                                   "moshi-server built with --features cuda (scripts/build_cuda.sh server, then "
+                                   "moshi-server built with --features cuda (docs/gpu.md, then "
                                    "MOSHI_SERVER=<its binary>); GPU figures are in docs/benchmarks.md")
         else:
             print("serve: skipped (no CUDA GPU here; GPU figures are in docs/benchmarks.md)")

@@ -59,7 +59,7 @@ class VerifyConfig:
                       "export it can load), 'yes' (fail if it cannot run), 'no'.", "auto")
     device: str = doc("Where both runtimes run the parity checks: 'cpu' (Candle float32 against PyTorch float32 "
                       "and bf16, what CI runs) or 'cuda' (Candle CUDA bf16 against PyTorch CUDA bf16, the way "
-                      "moshi-server runs on a GPU; needs candle_bridge built by scripts/build_cuda.sh and, for "
+                      "moshi-server runs on a GPU; needs candle_bridge built with its `cuda` feature (docs/gpu.md) and, for "
                       "the server row, MOSHI_SERVER pointing at a `--features cuda` build).", "cpu")
 
 
@@ -97,6 +97,15 @@ class DataConfig:
         "`invoke record` writes such a folder.", default_factory=list)
     import_lang: str = doc("Language of imported audio that has no prompt file: 'en' or 'fr'.", "en")
     recordings: str = doc("Folder `invoke record` writes to (relative paths are under `artifacts`).", "recordings")
+    only_split: str = doc(
+        "Build only this split ('train' or 'eval'; empty: both). Each prompt draws its voice and silences "
+        "from its own seeded generator, so an eval-only build writes the files a full build writes for eval "
+        "(the same prompts, voices, settings and silences; espeak-ng's samples vary by a few from run to run), "
+        "in seconds: the held-out set of a model trained elsewhere, rebuilt for its eval.", "")
+    split_limit: int = doc(
+        "Synthesize only the first this-many prompts of each split (0: all of them). With the seed, count and "
+        "eval_fraction of a model's training data, the clips are exactly that data's first clips of each split: "
+        "a small fine-tuning set from its training voices and prompts, and its held-out clips.", 0)
     lead_silence_max: float = doc(
         "Leading silence drawn from 0 to this many seconds (the model may drop a word that starts the audio).", 1.0)
     text_delay: float = doc(
@@ -112,8 +121,10 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be between 0 and 1, got {getattr(self, name)!r}")
         if self.plain_fraction < 0.2:
             raise ConfigError(f"data.plain_fraction must be at least 0.2 to keep general behaviour, got {self.plain_fraction}")
-        if self.count < 0:
-            raise ConfigError(f"data.count must be >= 0, got {self.count}")
+        if self.only_split not in ("", "train", "eval"):
+            raise ConfigError(f"data.only_split must be '', 'train' or 'eval', got {self.only_split!r}")
+        if self.count < 0 or self.split_limit < 0:
+            raise ConfigError(f"data.count and data.split_limit must be >= 0, got {self.count} and {self.split_limit}")
         if self.augment_copies < 0 or not 0 <= self.augment_speed < 0.5:
             raise ConfigError(f"data.augment_copies must be >= 0 and data.augment_speed in [0, 0.5), got "
                               f"{self.augment_copies} and {self.augment_speed}")

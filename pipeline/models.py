@@ -1,4 +1,5 @@
-"""Find a checkpoint: a preset name, a local directory or a hub repo id -> an open `Checkpoint`.
+"""Find a checkpoint: a preset name, the shipped organism, a local directory or a hub repo id -> an
+open `Checkpoint`.
 
 Every stage goes through `resolve_model`, so a hub id works for users who are online, a local
 directory works everywhere, and the presets are built on first use. STT specifics (dep_q = 0,
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from .checkpoint import Checkpoint, ModelError
 from .presets import PRESETS, make_checkpoint
+from .shipped import NAMES as SHIPPED
+from .shipped import materialize
 
 # The files moshi and the Rust runtime read from a checkpoint directory.
 HUB_PATTERNS = ["config.json", "*.safetensors", "*.model", "*.json"]
@@ -26,7 +29,10 @@ def preset_dir(artifacts: Path, preset: str) -> Path:
 
 def resolve_model(source: str, artifacts: str | Path = "artifacts", revision: str | None = None,
                   seed: int = 0) -> Checkpoint:
-    """The checkpoint for `source`: a preset name, a local directory or a hub repo id."""
+    """The checkpoint for `source`: a preset name, the shipped organism ('organism', 'organism-ft'),
+    a local directory or a hub repo id."""
+    if source in SHIPPED:
+        return materialize(source, Path(artifacts))
     if source in PRESETS:
         path = preset_dir(Path(artifacts), source)
         if not (path / "config.json").is_file():
@@ -38,7 +44,8 @@ def resolve_model(source: str, artifacts: str | Path = "artifacts", revision: st
         return Checkpoint.open(path)
     if not _REPO_ID.match(source) or path.exists():
         raise ModelError(
-            f"model {source!r} is neither a preset ({', '.join(PRESETS)}), a checkpoint directory, "
+            f"model {source!r} is neither a preset ({', '.join(PRESETS)}), a shipped model "
+            f"({', '.join(SHIPPED)}), a checkpoint directory, "
             "nor a hub repo id (owner/name)"
         )
     return Checkpoint.open(_download(source, revision))

@@ -95,7 +95,7 @@ def restore_mimi(cfg: Config) -> Path:
     """model/'s Mimi file, rebuilt from the distilled shards: a base trained on the GPU box comes
     back without its standard Mimi (385 MB in float32; the box returns 64 MiB a call), which is
     the distilled shards (bf16) in float32. The rebuilt file must hash as the box's did
-    (model.mimi.sha256, written beside model/ by `scripts/organism_gpu.sh bundle`)."""
+    (model.mimi.sha256, written beside model/ by `scripts/remote-gpu/organism_gpu.sh bundle`)."""
     from .checkpoint import Checkpoint
     from .io import sha256_file
     from .presets import write_mimi

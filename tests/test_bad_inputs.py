@@ -1,6 +1,6 @@
 """Bad inputs (issue #9): each is refused in one line naming the file or field and what to do,
 or repaired with a warning. One test or parametrized case per input and entry point; the
-README table "What happens on bad input" points here.
+table in docs/bad-input.md points here.
 
 Audio goes in through four doors, each tested with every bad kind: importing a folder
 (`data.audio_dirs`), eval's folder of audio with transcripts, `invoke data --check`, and the

@@ -119,7 +119,7 @@ def test_missing_directory_is_an_error():
 def test_device_names_are_checked_and_a_cpu_build_refuses_cuda(tiny_ckpt):
     with pytest.raises(ValueError, match='device "gpu": expected "cpu", "cuda" or "cuda:N"'):
         candle_bridge.Streamer(str(tiny_ckpt), "f32", "gpu")
-    with pytest.raises(ValueError, match="built without CUDA; build it with scripts/build_cuda.sh bridge"):
+    with pytest.raises(ValueError, match=r"built without CUDA; rebuild it with feature cuda \(docs/gpu.md\)"):
         candle_bridge.Streamer(str(tiny_ckpt), "bf16", "cuda")
     with pytest.raises(ValueError, match="built without CUDA"):
         candle_bridge.ServerStreamer(str(tiny_ckpt), 6, "cuda:0")

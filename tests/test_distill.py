@@ -307,7 +307,7 @@ def test_a_time_limited_distillation_fits_its_schedule_to_the_limit(monkeypatch)
     assert lrs[-1] < 1e-3 * cfg.organism.distill_lr  # annealed to the end
 
 
-def test_a_distilled_standard_mimi_makes_an_organism_kyutais_runtime_loads(tmp_path):
+def test_a_distilled_standard_mimi_makes_an_organism_kyutais_runtime_loads(tmp_path, monkeypatch):
     """organism.mimi_arch=standard, two distillation steps: the organism's checkpoint holds
     Kyutai's Mimi under Kyutai's name, its export passes the Rust tensor report (the 24 codebooks
     past n_q = 8 unread) and moshi-server is not refused it."""
@@ -323,9 +323,22 @@ def test_a_distilled_standard_mimi_makes_an_organism_kyutais_runtime_loads(tmp_p
                              "organism.text_card=500", "organism.distill_steps=2", "organism.distill_batch_size=1",
                              "organism.distill_crop_seconds=0.4", "organism.fit_seconds=30"])
     _prepare(cfg, tmp_path)
+    # The distillation's clock, one second a reading: the encoding speed is then the seconds of
+    # audio encoded between two readings (the two 30 s streams: 60 s of audio per second).
+    from types import SimpleNamespace
+    import itertools
+
+    clock = itertools.count()
+    monkeypatch.setattr(distill, "time", SimpleNamespace(time=lambda: float(next(clock))))
     folder = distill.distill_mimi(cfg, "cpu")
     figures = json.loads((folder / "figures.json").read_text())
-    assert len(figures["mimi"]["perplexity_eval"]) == 8 and figures["encode_x_real_time"] > 0
+    assert figures["streams_s"] == {"train": 30, "eval": 30} and figures["encode_x_real_time"] == 60.0
+    # One perplexity per codebook read (n_q = 8), each between 1 (one code) and the eval stream's
+    # 375 frames (every frame a different code), for both Mimis.
+    for mimi in ("mimi", "baseline"):
+        assert len(figures[mimi]["perplexity_eval"]) == 8
+        assert all(1.0 <= p <= 375 for p in figures[mimi]["perplexity_eval"]), figures[mimi]["perplexity_eval"]
+    assert figures["run"]["steps"] == 2
     init = build_checkpoint(organism_preset(cfg), "organism", tmp_path / "init", 0,
                             mimi_state=distill.load_shards(folder))
     config = json.loads((init / "config.json").read_text())

@@ -118,9 +118,21 @@ def test_a_rule_already_on_when_speech_starts_is_no_cutoff_but_is_reported():
     v = vad_metrics(trace(range(0, 7)) > 0.5, TIMED.turn, [(0.96, 1.68)])
     assert v["cutoffs"] == [] and v["cut_off"] is False and v["on_at_start"] is True
     assert v["latency"] is None and v["detected"] is False  # never on after the end: never ended
-    # Turning on exactly when the first word starts (step 4 -> 0.40 s) is not "after" it started.
+    # Turning on exactly when the first word starts (step 4 -> 0.40 s) is not "after" it started:
+    # no cut-off, and not on at the first step after the start (step 5, 0.48 s).
     assert vad_metrics(trace(4) > 0.5, TIMED.turn)["cutoffs"] == []
+    assert vad_metrics(trace(4) > 0.5, TIMED.turn)["on_at_start"] is False
     assert vad_metrics(trace(5) > 0.5, TIMED.turn)["cutoffs"] == pytest.approx([0.48])  # one step later
+    assert vad_metrics(trace(5) > 0.5, TIMED.turn)["on_at_start"] is True
+
+
+def test_the_rule_is_off_before_the_stream_starts():
+    # Speech from 0.00 s: a rule on from step 0 (emitted at 0.08 s) turned on at step 0, after the
+    # first word started, so it is a cut-off at 0.08 s (an onset needs the rule off one step
+    # before, and before the stream it is off).
+    turn = Turn(0.0, 2.0, 2.4)
+    v = vad_metrics(np.ones(STEPS, dtype=bool), turn)
+    assert v["cutoffs"] == pytest.approx([0.08]) and v["cut_off"] is True and v["on_at_start"] is True
 
 
 def test_firing_during_the_last_word_is_its_own_row():
@@ -172,6 +184,7 @@ def test_rules_read_the_configured_head():
     pause = np.zeros((STEPS, 4))
     pause[15, 2] = 0.55  # above 0.5, below 0.6
     pause[20, 1] = 0.99  # another head: ignored
+    pause[25, 2] = 0.5  # exactly the threshold: not above it (Kyutai's clients: prs[2] > 0.5)
     rules = fired_steps(pause, Rules(head=2, threshold=0.5, smooth_threshold=0.6))
     assert np.nonzero(rules["threshold"][0])[0].tolist() == [15]
     assert not rules["unmute"][0].any()
@@ -330,3 +343,26 @@ def test_folder_of_audio_with_transcripts(tmp_path):
     score = score_utterance(refs[0], ["Call", "5551234", "now"], np.zeros((60, 4)), Rules())
     assert score["spans"][0]["digits"] and score["spans"][0]["cut"] == {"threshold": None, "unmute": None}
     assert not math.isnan(score["speech"][1])
+
+
+def test_a_recording_session_is_evaluated_from_its_prompt_files(tmp_path):
+    """`invoke record` writes <id>.wav with <id>.prompt.json (no .txt): `invoke eval --data` reads the
+    spoken text of the prompt file, so the README's three your-own-voice commands work; a .txt wins."""
+    import json
+
+    from pipeline.data.audio import write_wav
+
+    audio = 0.3 * np.sin(2 * np.pi * 220 * np.arange(24_000) / 24_000).astype(np.float32)
+    write_wav(tmp_path / "me-0-0001.wav", audio)
+    (tmp_path / "me-0-0001.prompt.json").write_text(json.dumps(
+        {"written": "Order 1296.", "text": "Order one two nine six.", "lang": "en"}))
+    write_wav(tmp_path / "me-0-0002.wav", audio)
+    (tmp_path / "me-0-0002.prompt.json").write_text("{}")
+    (tmp_path / "me-0-0002.txt").write_text("Hello there")
+    refs = read_transcribed_folder(tmp_path)
+    assert [r.id for r in refs] == ["me-0-0001", "me-0-0002"]
+    assert refs[0].words == ["Order", "one", "two", "nine", "six."] and refs[0].spans == [Span(1, 4, "1296")]
+    assert refs[1].words == ["Hello", "there"]
+    (tmp_path / "me-0-0002.txt").unlink()   # an unreadable prompt file is one line naming it
+    with pytest.raises(EvalError, match="me-0-0002.prompt.json"):
+        read_transcribed_folder(tmp_path)

@@ -161,20 +161,33 @@ def test_base_and_candidate_streamed_side_by_side_give_what_one_at_a_time_gives(
     assert side_data["summary"] == serial_data["summary"]
 
 
-def test_torch_runtime_limit_and_given_utterances(tiny_ckpt, tmp_path):
-    """PyTorch's streaming Mimi is slow on a CPU (~0.1 s a frame), so one short clip."""
-    from pipeline.presets import synthetic_audio
+def test_torch_runtime_limit_and_given_utterances(tiny_ckpt, candidate, tmp_path):
+    """PyTorch's streaming Mimi is slow on a CPU (~0.1 s a frame), so one short clip. Each
+    model's trace in the report is what that model streams on its own in the same runtime (the
+    two differ: the candidate's head 2 is sharper), and its figures are scored from that trace."""
     from pipeline.data import Utterance
-    from pipeline.data.audio import write_wav
+    from pipeline.data.audio import read_audio, write_wav
+    from pipeline.evaluate.sources import from_utterance
+    from pipeline.evaluate.stream import Runner
+    from pipeline.presets import synthetic_audio
 
     write_wav(tmp_path / "yes.wav", synthetic_audio(1.4, seed=3))
     short = Utterance(tmp_path / "yes.wav", 1.4, [("Yes.", (0.3, 0.6), "SPEAKER_MAIN")], "Yes.", "Yes.", "en", "", "plain")
     cfg = load_config(None, [f"artifacts={tmp_path}", "eval.runtime=torch", "eval.flush_seconds=1.5",
                              "eval.limit=1", "eval.plots=0"])
-    out = evaluate(cfg, tiny_ckpt, tiny_ckpt, utterances=[short, short])
+    out = evaluate(cfg, tiny_ckpt, candidate, utterances=[short, short])
     data = json.loads((out / "metrics.json").read_text())
     assert data["meta"]["runtime"] == "torch" and data["summary"]["base"]["utterances"] == 1
-    assert data["summary"]["base"] == data["summary"]["candidate"]  # same model, same figures
+    assert len(data["utterances"]) == 1  # eval.limit
+    traces = np.load(out / "traces.npz")
+    audio = read_audio(tmp_path / "yes.wav")
+    for model, ckpt in (("base", tiny_ckpt), ("candidate", candidate)):
+        alone = Runner(ckpt, "torch", flush_seconds=1.5).run(audio)
+        assert np.array_equal(traces[f"{model}_0_pause"], alone.pause), model
+        assert np.array_equal(traces[f"{model}_0_tokens"], alone.tokens), model
+        scored = score_utterance(from_utterance(short), [w.text for w in alone.words], alone.pause, Rules())
+        assert data["utterances"][0][model]["vad"] == json.loads(json.dumps(scored["vad"])), model
+    assert not np.array_equal(traces["base_0_pause"], traces["candidate_0_pause"])
     assert not list((out / "traces").glob("*.png"))
 
 

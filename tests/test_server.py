@@ -181,7 +181,7 @@ def _invoke_serve(model: Path | None, port: int, artifacts: Path) -> subprocess.
 
 
 def test_invoke_serve_serves_until_stopped(clips, tmp_path):
-    """The bare command (what the README says works after bootstrap): the `server` preset,
+    """The bare command (what docs/serving.md says works after bootstrap): the `server` preset,
     built and exported on first use."""
     port = free_port()
     proc = _invoke_serve(None, port, tmp_path)

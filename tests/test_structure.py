@@ -66,13 +66,16 @@ def test_no_stage_imports_the_task_layer():
 
 
 def test_every_mode_of_the_gpu_box_scripts_calls_functions_the_script_defines():
-    """The box scripts run far from here (a lost function is found only when a paid GPU call
-    fails): each name a `case` arm calls first is a function of the script or a shell builtin."""
+    """The remote-GPU scripts (scripts/remote-gpu/) run far from here (a lost function is found only
+    when a paid GPU call fails): each name a `case` arm calls first is a function of the script or a
+    shell builtin."""
     import re
     import subprocess
 
     builtins = {"echo", "exit", "set", "cp", "bash", "exec", "wait", "cat", "ls", "rm", "mkdir", "local", "time", "tee"}
-    for script in sorted((ROOT / "scripts").glob("*_gpu.sh")):
+    scripts = sorted((ROOT / "scripts" / "remote-gpu").glob("*_gpu.sh"))
+    assert len(scripts) >= 3, "the remote-GPU scripts moved: update this test's folder"
+    for script in scripts:
         text = script.read_text()
         subprocess.run(["bash", "-n", str(script)], check=True)
         defined = set(re.findall(r"^(\w[\w-]*)\(\) \{", text, re.M))

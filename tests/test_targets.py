@@ -60,6 +60,20 @@ def test_a_window_opening_just_after_a_long_word_started_masks_exactly_that_word
     assert cut.head_mask[0].sum() == 30
 
 
+def test_a_window_masks_a_word_up_to_its_last_token_and_not_a_word_starting_at_the_cut():
+    # "long" (5 tokens) starts at 1.0 s: EPAD at frame 17, tokens at 18-22.
+    words = [Word("long", 1.0, 1.6), Word("two", 2.0, 2.3)]
+    utt = sample(words, 45)
+    # A window opening on frame 22 (1.76 s) holds only its last token: still unheard, IGNORE.
+    assert batch([utt], [(0, 22, 23)], 23).text[0, :2].tolist() == [IGNORE, PAD]
+    # One frame later the word is over: nothing to mask.
+    assert batch([utt], [(0, 23, 22)], 22).text[0, :2].tolist() == [PAD, PAD]
+    # "two" starts at 2.0 s = frame 25 exactly: a window opening there hears all of it, so its
+    # EPAD (frame 30) and token (frame 31) stay targets.
+    at_start = batch([utt], [(0, 25, 20)], 20)
+    assert at_start.text[0, 5:7].tolist() == [EPAD, 12] and (at_start.text[0] != IGNORE).all()
+
+
 def test_a_digit_form_number_cut_by_the_window_keeps_its_frames_masked_and_its_targets():
     spoken = [Word("Order", 0.2, 0.5), Word("seven", 0.6, 0.9), Word("three", 1.0, 1.3), Word("oh.", 1.4, 1.7),
               Word("Thanks.", 2.4, 2.8)]
@@ -68,6 +82,9 @@ def test_a_digit_form_number_cut_by_the_window_keeps_its_frames_masked_and_its_t
     whole = batch([utt], [(0, 0, 50)], 50)
     assert whole.text[0, 22:26].tolist() == [EPAD, 23, 24, 25]
     assert whole.pause[0, 10:17, 0].eq(1).all()  # mid-dictation the digit form says "pause": DSM#152
+    # The number's frames (left out of distillation): from the frame "seven" starts in, 0.6 s ->
+    # frame 7, to the frame its end plus the delay falls in, 1.7 + 0.5 = 2.2 s -> frame 27, inclusive.
+    assert whole.number_mask[0].nonzero().flatten().tolist() == list(range(7, 28))
     cut = batch([utt], [(0, 18, 32)], 32)  # opens at 1.44 s, 0.04 s after the number's word started
     assert cut.text[0, 4:8].tolist() == [IGNORE] * 4  # (old code: frames 6 and 7 trained as PAD)
     assert cut.text[0, :4].tolist() == [PAD] * 4 and cut.text[0, 17:19].tolist() == [EPAD, 26]

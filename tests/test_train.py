@@ -183,6 +183,24 @@ def test_loss_falls_and_metrics_are_written(tmp_path, tiny_ckpt, samples):
     assert not (run / "profile.txt").exists()  # the profiler runs only when asked (it keeps every event)
 
 
+@pytest.mark.parametrize("head_loss", ["distill", "none"])
+def test_the_other_head_losses_run_through_train(tmp_path, tiny_ckpt, samples, head_loss):
+    """train.head_loss=distill and none through the whole loop (their arithmetic: test_losses.py).
+    distill's first step has LoRA B = 0, so the student is the base: its head loss is then the
+    binary entropy of the base's own P(pause), at most ln 2 (alignment targets could cost more)."""
+    import math
+
+    rows = metrics(tr.train(config(tmp_path, steps=3, head_loss=head_loss), tiny_ckpt, samples=samples))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    weight = load_config(None).train.head_loss_weight
+    for r in rows:
+        assert r["loss"] == pytest.approx(r["text_loss"] + weight * r["head_loss"], rel=1e-5)
+    if head_loss == "none":
+        assert all(r["head_loss"] == 0.0 for r in rows)
+    else:
+        assert 0 < rows[0]["head_loss"] <= math.log(2) + 1e-6
+
+
 def test_profile_writes_the_op_table_of_three_steps(tmp_path, tiny_ckpt, samples):
     run = tr.train(config(tmp_path, steps=6, profile="true"), tiny_ckpt, samples=samples)
     text = (run / "profile.txt").read_text()
@@ -266,6 +284,39 @@ def test_saved_adapter_reproduces_the_trained_model_through_moshi(tmp_path, tiny
         base_text, _ = tr.forward_stt(Checkpoint.open(tiny_ckpt).load_lm(), batch.inputs)
     assert torch.allclose(a_text, b_text, atol=1e-5) and torch.allclose(a_heads, b_heads, atol=1e-5)
     assert not torch.allclose(a_text, base_text, atol=1e-3)
+
+
+def test_teacher_forced_frame_t_is_the_streaming_step_t_that_read_the_same_text(tiny_ckpt, samples):
+    """Training and the runtime meet: `make_batch`'s inputs through `forward_stt` give at frame t
+    what moshi streaming gives at step t after reading back the same text (the window's labels)
+    and the same audio codes (`torch_stream`, the Rust runtime's input convention, which
+    tests/test_eval_report.py ties to Kyutai's crate under forced text). So the one-frame input
+    shift and the text delay of the labels are the runtime's, end to end."""
+    import numpy as np
+
+    from pipeline.eval import Reference
+    from pipeline.evaluate.stream import reference_text
+    from pipeline.verify import torch_stream
+
+    ckpt = Checkpoint.open(tiny_ckpt)
+    lm = ckpt.load_lm(dtype=torch.float32)
+    sample = samples[0]
+    n = sample.frames
+    batch = tr.make_batch([[(0, 0, n)]], samples, n, ckpt.tokenizer.encode, lm.text_card, lm.card, ckpt.text_delay)
+    forced = batch.text[0]
+    assert (forced != tr.IGNORE).all() and (forced > 3).sum() >= len(sample.words)  # every frame known, words in it
+    # The eval's forced text (eval.text=reference) is the same stream: same labels, same delay.
+    ref = Reference("s0", [w.text for w in sample.words], [(w.start, w.end) for w in sample.words])
+    assert reference_text(ref, ckpt, "words", n).tolist() == forced.tolist()
+    with torch.no_grad():
+        text_logits, head_logits = tr.forward_stt(lm, batch.inputs)
+    streamed = torch_stream(ckpt, sample.codes.T.numpy(), forced_text=forced.numpy())
+    taught = text_logits[0].numpy()
+    assert streamed.logits.shape == taught.shape == (n, lm.text_card)
+    assert np.abs(streamed.logits - taught).max() < 1e-4
+    assert np.abs(streamed.pause - tr.pause_log_probs(head_logits)[0].exp()[0].numpy()).max() < 1e-5
+    # Off by one frame, they disagree: the comparison can see a shift.
+    assert np.abs(streamed.logits[1:] - taught[:-1]).max() > 1e-2
 
 
 def tr_non_lm_keys():

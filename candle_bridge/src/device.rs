@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle::Device;
 
 /// The Candle device called `name`. A CUDA device needs this crate built with feature `cuda`
-/// (`scripts/build_cuda.sh bridge`) and a GPU at run time.
+/// (docs/gpu.md) and a GPU at run time.
 pub fn device_from_name(name: &str) -> Result<Device> {
     let ordinal = match name {
         "cpu" => return Ok(Device::Cpu),
@@ -18,8 +18,8 @@ pub fn device_from_name(name: &str) -> Result<Device> {
     };
     if !cfg!(feature = "cuda") {
         bail!(
-            "device {name:?}: this candle_bridge was built without CUDA; build it with \
-             scripts/build_cuda.sh bridge"
+            "device {name:?}: this candle_bridge was built without CUDA; rebuild it with \
+             feature cuda (docs/gpu.md)"
         );
     }
     Device::new_cuda(ordinal).with_context(|| format!("device {name:?}: no usable CUDA device"))

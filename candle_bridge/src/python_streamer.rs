@@ -22,8 +22,8 @@ type OneStep<'py> = (u32, Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>);
 /// text token.
 ///
 /// Streamer(path: str, dtype: str = "f32", device: str = "cpu"): loads the checkpoint
-/// directory `path` on `device` ("cpu", "cuda" or "cuda:N"; CUDA needs the build of
-/// scripts/build_cuda.sh); the LM in `dtype` ("f32" or "bf16"; bf16 is refused on CPU, which
+/// directory `path` on `device` ("cpu", "cuda" or "cuda:N"; CUDA needs the build with
+/// feature `cuda`, docs/gpu.md); the LM in `dtype` ("f32" or "bf16"; bf16 is refused on CPU, which
 /// candle cannot run), Mimi in f32.
 ///
 /// Methods (pcm: 1-D float32 NumPy array, or any sequence of floats; T = frames produced):

@@ -41,9 +41,9 @@ fn the_first_step_sees_the_text_start_token_and_later_steps_the_previous_output(
         .any(|s| s.text_input as usize != fresh.text_card()));
 }
 
-/// The server's outputs are not a fresh stream's: documented upstream behaviour (see the
-/// README's "moshi-server" section). If a moshi release fixes the reset, this fails and the
-/// production-semantics row of verify-candle becomes redundant.
+/// The server's outputs are not a fresh stream's: documented upstream behaviour (see
+/// docs/serving.md, "Production is not a fresh stream"). If a moshi release fixes the reset, this
+/// fails and the production-semantics row of verify-candle becomes redundant.
 #[test]
 fn the_server_stream_differs_from_a_fresh_state() {
     let dir = fixture();

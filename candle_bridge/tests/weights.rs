@@ -39,19 +39,39 @@ fn save(path: &Path, tensors: &[(&str, Tensor)]) {
     candle::safetensors::save(&map, path).unwrap();
 }
 
+/// Values that differ from row to row and column to column, all exact in bf16 and their sums
+/// exact in f32, so a merge that reads the wrong rows of W or B (a chunk's row offset) or the
+/// wrong columns of A gives other numbers.
+fn varied_w(r: usize, c: usize) -> f32 {
+    ((r * 7 + c * 3) % 17) as f32 - 8.0 // integers -8..8
+}
+fn varied_a(k: usize, c: usize) -> f32 {
+    ((c + 3 * k) % 5) as f32 * 0.25 - 0.5 // -0.5..0.5 in quarters
+}
+fn varied_b(r: usize, k: usize) -> f32 {
+    ((r * (k + 2)) % 7) as f32 * 0.5 - 1.5 // -1.5..1.5 in halves; rows r and r + 64 differ
+}
+
 #[test]
 fn a_merge_and_a_copy_bigger_than_a_block_come_out_exact() {
     let dir = tempfile::TempDir::new().unwrap();
     let cpu = &Device::Cpu;
-    // 130 rows: three chunks of the merge. 2.5 M floats: a copy across two 8 MiB blocks.
-    let w = Tensor::ones((130, 20), DType::BF16, cpu).unwrap();
+    let (rows, cols, rank, scale) = (130usize, 20usize, 2usize, 2.0f64);
+    let grid = |f: fn(usize, usize) -> f32, n: usize, m: usize| -> Vec<f32> {
+        (0..n).flat_map(|i| (0..m).map(move |j| f(i, j))).collect()
+    };
+    // 130 rows: three chunks of the merge (64 + 64 + 2). 2.5 M floats: a copy across two 8 MiB blocks.
+    let w = Tensor::from_vec(grid(varied_w, rows, cols), (rows, cols), cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
     let big = Tensor::arange(0f32, 2_500_000f32, cpu).unwrap();
     save(
         &dir.path().join("base.safetensors"),
         &[("w", w), ("big", big.clone())],
     );
-    let a = (Tensor::ones((2, 20), DType::F32, cpu).unwrap() * 0.25).unwrap();
-    let b = (Tensor::ones((130, 2), DType::F32, cpu).unwrap() * 0.5).unwrap();
+    let a = Tensor::from_vec(grid(varied_a, rank, cols), (rank, cols), cpu).unwrap();
+    let b = Tensor::from_vec(grid(varied_b, rows, rank), (rows, rank), cpu).unwrap();
     save(&dir.path().join("lora.safetensors"), &[("A", a), ("B", b)]);
 
     let dst = dir.path().join("out.safetensors");
@@ -74,11 +94,24 @@ fn a_merge_and_a_copy_bigger_than_a_block_come_out_exact() {
         &head,
         &entries,
         Some(&lora),
-        2.0,
+        scale as f32,
     )
     .unwrap();
 
-    // Each weight: 1 + 2 * (0.5 * 0.25 + 0.5 * 0.25) = 1.5, exact in bf16.
+    // Each weight: W[r, c] + 2 * sum_k B[r, k] A[k, c]. The products are multiples of 1/8 and at
+    // most 0.75, so the update is a multiple of 1/4 within +-3 and W + update one within +-11:
+    // exact in bf16 (8 significant bits), so the merge must give exactly these numbers.
+    let mut want = Vec::with_capacity(rows * cols);
+    let mut update = 0f64;
+    for r in 0..rows {
+        for c in 0..cols {
+            let u: f64 = (0..rank)
+                .map(|k| scale * varied_b(r, k) as f64 * varied_a(k, c) as f64)
+                .sum();
+            want.push((varied_w(r, c) as f64 + u) as f32);
+            update += u * u;
+        }
+    }
     let out = candle::safetensors::load(&dst, cpu).unwrap();
     let merged: Vec<f32> = out["w"]
         .to_dtype(DType::F32)
@@ -87,14 +120,22 @@ fn a_merge_and_a_copy_bigger_than_a_block_come_out_exact() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    assert!(merged.iter().all(|&v| v == 1.5), "{:?}", &merged[..4]);
+    let wrong: Vec<usize> = (0..want.len()).filter(|&i| merged[i] != want[i]).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} weights differ, first at row {} col {}: {} != {}",
+        wrong.len(),
+        want.len(),
+        wrong[0] / cols,
+        wrong[0] % cols,
+        merged[wrong[0]],
+        want[wrong[0]]
+    );
+    assert!(want.iter().any(|&v| v.fract() != 0.0)); // the update shows in the result
     let copied: Vec<f32> = out["big"].to_vec1().unwrap();
     assert_eq!(copied, big.to_vec1::<f32>().unwrap());
-    let n = (130 * 20) as f64;
-    assert_eq!(
-        (done.update, done.kept, done.error),
-        (0.25 * n, 0.25 * n, 0.0)
-    );
+    // Nothing rounded away: what survived is the whole update, and the rounding error is 0.
+    assert_eq!((done.update, done.kept, done.error), (update, update, 0.0));
     let bytes = std::fs::read(&dst).unwrap();
     let want: String = Sha256::digest(&bytes)
         .iter()

@@ -151,7 +151,6 @@ def _build_into(folder: Path, cfg) -> None:
     from .record import import_items
 
     d = cfg.data
-    rng = random.Random(d.seed)
     prompts = make_prompts(d.count, d.seed, d.french_fraction, d.plain_fraction)
     splits = [split_of(p.written, d.seed, d.eval_fraction) for p in prompts]
     if prompts and "eval" not in splits and d.eval_fraction > 0 and len({p.written for p in prompts}) > 1:
@@ -164,26 +163,35 @@ def _build_into(folder: Path, cfg) -> None:
     counts = {k: Counter() for k in ("category", "lang", "voice", "source")}
     written_in: dict[str, set[str]] = {s: set() for s in SPLITS}
 
-    def add(item: Item, split: str) -> None:
+    def add(item: Item, split: str, number: int | None = None) -> None:
         # A prompt read twice (a plain sentence, a re-recording) stays in the split it first got.
         for other in SPLITS:
             if other != split and item.key in written_in[other]:
                 split = other
-        index[split].append(write_item(folder, split, sum(map(len, index.values())), item))
+        number = sum(map(len, index.values())) if number is None else number
+        index[split].append(write_item(folder, split, number, item))
         written_in[split].add(item.key)
         for k in counts:
             counts[k][f"{split}/{getattr(item, k)}"] += 1
         stats["flagged"] += bool(item.flags)
 
-    for prompt, split in tqdm(list(zip(prompts, splits)), desc="synthesizing", unit="utt", disable=not prompts):
-        add(synthesize_prompt(prompt, d, rng, annotators, split), split)
-    for item in import_items(cfg, annotators):
-        add(item, split_of(item.key, d.seed, d.eval_fraction))
+    # Prompt i is file i and draws from its own generator: an eval-only build (data.only_split) writes the
+    # eval files of a full build, same prompts, voices and silences (a split is a function of the prompt's text).
+    todo, taken = [], Counter()
+    for i, (prompt, split) in enumerate(zip(prompts, splits)):
+        if d.only_split in ("", split) and (not d.split_limit or taken[split] < d.split_limit):
+            todo.append((i, prompt, split))
+            taken[split] += 1
+    for i, prompt, split in tqdm(todo, desc="synthesizing", unit="utt", disable=not todo):
+        add(synthesize_prompt(prompt, d, random.Random(f"{d.seed}:{i}"), annotators, split), split, number=i)
+    for k, item in enumerate(import_items(cfg, annotators)):
+        add(item, split_of(item.key, d.seed, d.eval_fraction), number=len(prompts) + k)
 
     for split in SPLITS:
         write_text(folder / f"{split}.jsonl", "".join(json.dumps(line) + "\n" for line in index[split]))
     manifest = {
-        "generator": GENERATOR, "seed": d.seed,
+        "generator": GENERATOR, "seed": d.seed, "count": d.count, "only_split": d.only_split,
+        "split_limit": d.split_limit,
         "splits": {s: len(index[s]) for s in SPLITS},
         "hours": round(sum(x["duration"] for s in SPLITS for x in index[s]) / 3600, 4),
         **{f"{k}_counts": _nested(v) for k, v in counts.items()},

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import StageError
 from .normalize import NumberSpan, Spoken
 
-GENERATOR = "stt-numerals data v1"
+GENERATOR = "stt-numerals data v2"  # v2: one seeded generator per prompt (data.only_split)
 SPEAKER = "SPEAKER_MAIN"
 SPLITS = ("train", "eval")
 

@@ -91,17 +91,27 @@ def transcript_words(text: str, lang: str = "en") -> tuple[list[str], list[Span]
 
 
 def read_transcribed_folder(folder: Path, lang: str = "en") -> list[Reference]:
-    """Every audio file under `folder` with a `<name>.txt` transcript beside it (sorted)."""
+    """Every audio file under `folder` with a `<name>.txt` transcript beside it, or the
+    `<name>.prompt.json` of an `invoke record` session (its spoken text), sorted."""
+    import json
+
     refs = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
-        txt = path.with_suffix(".txt")
-        if not txt.is_file():
-            continue
+        txt, prompt = path.with_suffix(".txt"), path.with_suffix(".prompt.json")
         try:
-            text = txt.read_text(encoding="utf-8").strip()
+            if txt.is_file():
+                text, text_lang = txt.read_text(encoding="utf-8").strip(), lang
+            elif prompt.is_file():
+                meta = json.loads(prompt.read_text(encoding="utf-8"))
+                text, text_lang = meta["text"], meta.get("lang", lang)
+            else:
+                continue
         except UnicodeDecodeError:
             raise EvalError(f"{txt}: not UTF-8 text; save the transcript as UTF-8") from None
-        words, spans = transcript_words(text, lang)
+        except (ValueError, KeyError, TypeError):
+            raise EvalError(f"{prompt}: not a recording's prompt file (JSON with a 'text' field); "
+                            "record it again or write a <name>.txt transcript") from None
+        words, spans = transcript_words(text, text_lang)
         bounds = energy_bounds(path)
         rel = path.relative_to(folder)
         refs.append(Reference(str(rel.with_suffix("")), words, None, spans, bounds, "energy" if bounds else "none",
@@ -121,7 +131,8 @@ def load_references(folder: Path, split: str = "eval", lang: str = "en") -> list
         return [from_utterance(u) for u in read_split(folder, split)]
     refs = read_transcribed_folder(folder, lang)
     if not refs:
-        raise EvalError(f"{folder}: neither {split}.jsonl nor audio files with <name>.txt transcripts; "
+        raise EvalError(f"{folder}: neither {split}.jsonl nor audio files with <name>.txt transcripts "
+                        "(or `invoke record`'s <name>.prompt.json); "
                         "build the eval set with `invoke data` or point eval.data at such a folder")
     return refs
 

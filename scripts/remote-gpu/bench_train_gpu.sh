@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Issue #17: the training-step benchmark on the GPU box, peers eager and compiled against ours,
-# with a torch.profiler table per row (CUDA time per op) to see where each step spends its time.
-#   scripts/bench_train_gpu.sh        carry .whl (moshi, invoke and the others of scripts/organism_gpu.sh)
-#   scripts/bench_train_gpu.sh loop [STEPS] ["true false"]
+# Issue #17: the training-step benchmark on the GPU box, peers eager and compiled against ours, with a
+# torch.profiler table per row (CUDA time per op) to see where each step spends its time. The box is a
+# remote GPU machine (README.md here); on your own GPU machine run `invoke bench --what train` and the
+# `invoke train` loop below directly.
+#   scripts/remote-gpu/bench_train_gpu.sh        carry .whl (moshi, invoke and the others of scripts/remote-gpu/organism_gpu.sh)
+#   scripts/remote-gpu/bench_train_gpu.sh loop [STEPS] ["true false"]
 #                                     `invoke train --model 1b` (rank 128, batch 8 x 30 s, compiled) on the
 #                                     default espeak dataset for STEPS (80), then the step benchmark of the same
 #                                     configuration and the compiled peer in a fresh process, then the loop's

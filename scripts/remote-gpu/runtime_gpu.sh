@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# The production runtime on the GPU box (issue #19), with the builds of scripts/build_cuda.sh:
-#   scripts/runtime_gpu.sh parity [EXPORT]   verify-candle --device cuda (Candle CUDA bf16 against
+# The production runtime on the GPU box (issue #19; a remote GPU machine: README.md here; on your own GPU
+# machine, the invoke commands of docs/gpu.md), with the builds of scripts/remote-gpu/build_cuda.sh:
+#   scripts/remote-gpu/runtime_gpu.sh parity [EXPORT]   verify-candle --device cuda (Candle CUDA bf16 against
 #                                            PyTorch CUDA bf16) on EXPORT (default: the organism's,
 #                                            artifacts/organism/export, carried)
-#   scripts/runtime_gpu.sh parity-1b [STEPS] [cpu]
+#   scripts/remote-gpu/runtime_gpu.sh parity-1b [STEPS] [cpu]
 #                                            train every weight of the 1b preset for STEPS (default 150)
 #                                            on the default espeak dataset, export, verify --device cuda;
 #                                            `cpu`: verify on the box's CPU instead, as CI does, then the
 #                                            untrained 1b export for comparison (issue #5's bf16 gate)
-#   scripts/runtime_gpu.sh serve [N,N,...] [both|server|peer] [PROCESSES]
+#   scripts/remote-gpu/runtime_gpu.sh serve [N,N,...] [both|server|peer] [PROCESSES]
 #                                            `invoke bench --what serve` on a 1b-shape export (random
 #                                            weights): moshi-server CUDA and the PyTorch peer in one run,
 #                                            then the streams-per-GPU row; `server` or `peer`: that side only;
 #                                            PROCESSES: moshi-server processes sharing the GPU (default 1)
-#   scripts/runtime_gpu.sh split [N,N,...]   the server's batched step in-process (Kyutai's crate on
+#   scripts/remote-gpu/runtime_gpu.sh split [N,N,...]   the server's batched step in-process (Kyutai's crate on
 #                                            Candle CUDA), whole and its Mimi encode alone (default N 1024)
-# carry: .whl (the wheels of scripts/organism_gpu.sh plus websockets and msgpack, and .whl/extra:
+# carry: .whl (the wheels of scripts/remote-gpu/organism_gpu.sh plus websockets and msgpack, and .whl/extra:
 # candle_bridge_cuda.tar.xz, moshi-server-cuda.xz, libopus.so.0, libpython3.*.so.*), and for
 # `parity` the export. Figures land in $OUT.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -86,7 +87,7 @@ for r in m[::50]+m[-1:]: print(r['step'], round(r['text_loss'],3), round(r['head
     python3 -m invoke export --set export.source=1b --set export.out=export-1b 2>&1 | quiet $OUT/export.log
     python3 -m pipeline.bench_serve artifacts/export-1b /tmp/serve-work $(echo "${2:-1024}" | tr , " ") --only split \
       2>&1 | tee $OUT/split.jsonl ;;
-  *) echo "usage: scripts/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] [cpu] | serve [N,N,...] [both|server|peer] [PROCESSES]" \
+  *) echo "usage: scripts/remote-gpu/runtime_gpu.sh parity [EXPORT] | parity-1b [STEPS] [cpu] | serve [N,N,...] [both|server|peer] [PROCESSES]" \
        "| split [N,N,...]" >&2; exit 2 ;;
 esac
 date -u

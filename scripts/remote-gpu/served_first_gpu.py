@@ -1,7 +1,8 @@
-"""The served first frame on the GPU box: what keeping it costs a code pack, and whether the GPU
+"""The served first frame on the GPU box (a remote GPU machine, scripts/remote-gpu/README.md; the script
+runs as it is on any machine with a GPU): what keeping it costs a code pack, and whether the GPU
 gives the CPU's codes (issue #16). Run on the box with the .whl wheels on PYTHONPATH:
 
-    python3 scripts/served_first_gpu.py [CLIPS]
+    python3 scripts/remote-gpu/served_first_gpu.py [CLIPS]
 
 The `server` preset's standard Mimi (Kyutai's architecture, random weights, codebooks fitted by k-means)
 encodes CLIPS synthetic 5 s clips in batches of 32, as `invoke pack` does on a GPU, once through

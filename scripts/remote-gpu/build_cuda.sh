@@ -2,19 +2,20 @@
 # CUDA builds of the production runtime for the GPU box (issue #19), made on a machine with no GPU
 # and no system CUDA: NVIDIA's compiler, headers and libraries come from PyPI wheels pinned to
 # CUDA 13.0 (the box's driver; its ptxas refuses newer PTX), kernels are compiled for sm_90 (H100,
-# H200). See ../shared/research/candle-cuda.md for why each pin and variable is there.
+# H200). See docs/gpu.md for why each pin and variable is there.
 #
-#   scripts/build_cuda.sh bridge   candle_bridge (features python,cuda) -> .whl/extra/candle_bridge_cuda.tar.xz
+#   scripts/remote-gpu/build_cuda.sh bridge   candle_bridge (features python,cuda) -> .whl/extra/candle_bridge_cuda.tar.xz
 #                                  (the package folder candle_bridge/, about 2 MB: untar it into a site dir)
-#   scripts/build_cuda.sh server   moshi-server 0.6.4 --features cuda  -> .whl/extra/moshi-server-cuda.xz
-#   scripts/build_cuda.sh wheels   the Python wheels the box lacks (moshi, invoke, websockets, ...) -> .whl/
-#   scripts/build_cuda.sh all      all three
+#   scripts/remote-gpu/build_cuda.sh server   moshi-server 0.6.4 --features cuda  -> .whl/extra/moshi-server-cuda.xz
+#   scripts/remote-gpu/build_cuda.sh wheels   the Python wheels the box lacks (moshi, invoke, websockets, ...) -> .whl/
+#   scripts/remote-gpu/build_cuda.sh all      all three
 #
 # Slow parts are cached outside the clone under $STT_NUMERALS_CACHE (default ~/.cache/stt-numerals):
 # the wheels (cuda13/, about 1.2 GB), the Rust targets (cargo-target-cuda/, server-target-cuda/).
-# The outputs are small enough to travel with the device tool's `carry` (tens of MiB).
+# The outputs are small enough to travel through the channel to the box (tens of MiB; README.md here).
+# On a machine with a GPU and the CUDA toolkit, build directly instead: docs/gpu.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cache=${STT_NUMERALS_CACHE:-$HOME/.cache/stt-numerals}
 cuda=$cache/cuda13
 python=${PYTHON:-.venv/bin/python}
@@ -91,7 +92,7 @@ server() {
 
 wheels() {
   # The Python packages the box lacks (it has torch, numpy, safetensors, huggingface_hub), as
-  # cp312 wheels at the versions of this .venv: scripts/runtime_gpu.sh installs them offline.
+  # cp312 wheels at the versions of this .venv: scripts/remote-gpu/runtime_gpu.sh installs them offline.
   local pkgs=() name
   for name in moshi invoke num2words soundfile cffi pycparser soxr espeakng-loader websockets msgpack; do
     pkgs+=("$name==$("$python" -m pip show "$name" | awk '/^Version:/{print $2}')")
@@ -111,5 +112,5 @@ case "${1:-}" in
   server) server ;;
   wheels) wheels ;;
   all) wheels && bridge && server ;;
-  *) echo "usage: scripts/build_cuda.sh bridge|server|wheels|all" >&2; exit 2 ;;
+  *) echo "usage: scripts/remote-gpu/build_cuda.sh bridge|server|wheels|all" >&2; exit 2 ;;
 esac

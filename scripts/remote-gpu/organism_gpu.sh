@@ -1,63 +1,65 @@
 #!/usr/bin/env bash
-# The full model-organism run on the GPU box (device tool), as run for the README figures.
+# The full model-organism run on the GPU box, as run for the organism's figures (docs/organism/history.md).
+# The box is a remote GPU machine reached through a size-limited channel (scripts/remote-gpu/README.md);
+# on your own GPU machine run `invoke organism` then `invoke all` instead (docs/organism/README.md).
 #
 # The standard-Mimi organism, whole on the box (2026-12-06: six calls on one warm H100, 23 min
 # of device time; S="--set organism.mimi_arch=standard --set organism.card=2048"):
-#   scripts/organism_gpu.sh distill+dataset+pack 90 $S --set organism.distill_time_limit_s=240
+#   scripts/remote-gpu/organism_gpu.sh distill+dataset+pack 90 $S --set organism.distill_time_limit_s=240
 #                                     # carry .whl and artifacts/organism/distill/prepared
-#   scripts/organism_gpu.sh base $S --set data.out=organism/data-box        # the pack's rest, the base
-#   scripts/organism_gpu.sh base $S --set data.out=organism/data-box; scripts/organism_gpu.sh lora+bundle $S
+#   scripts/remote-gpu/organism_gpu.sh base $S --set data.out=organism/data-box        # the pack's rest, the base
+#   scripts/remote-gpu/organism_gpu.sh base $S --set data.out=organism/data-box; scripts/remote-gpu/organism_gpu.sh lora+bundle $S
 #                                     # (the base resumes from its checkpoint), the LoRA, the bundle's parts 0-3
-#   scripts/organism_gpu.sh fetch 4; ... fetch 8; ... fetch 12            # each in the 30 s warm window
-#   scripts/organism_gpu.sh unbundle DIR...                                 # here, then merge, export, eval
+#   scripts/remote-gpu/organism_gpu.sh fetch 4; ... fetch 8; ... fetch 12            # each in the 30 s warm window
+#   scripts/remote-gpu/organism_gpu.sh unbundle DIR...                                 # here, then merge, export, eval
 #
 # The standard-Mimi pair (2026-12-06, 08:47-09:08 UTC): the default organism and one with
 # quantizer dropout in its base, side by side on one Mimi and pack (8 calls on one warm H100, 20 min held):
 #   invoke organism --config configs/organism.yaml $S --set organism.distill_train_seconds=14400 --stage prepare-distill
 #   (here: 4 h of streams; with .whl they pass the box's 64 MiB, so the first call carries train.ogg alone:)
 #   ls                                # carry artifacts/organism/distill/prepared/train.ogg
-#   scripts/organism_gpu.sh distill+dataset+pack 100 $S --set organism.distill_time_limit_s=240
+#   scripts/remote-gpu/organism_gpu.sh distill+dataset+pack 100 $S --set organism.distill_time_limit_s=240
 #                                     # carry .whl and the other three files of artifacts/organism/distill/prepared
-#   scripts/organism_gpu.sh pair 560 cb=organism.codebook_dropout=0.5 $S --set data.out=organism/data-box
-#   scripts/organism_gpu.sh pair+bundle 330 cb=organism.codebook_dropout=0.5 $S --set data.out=organism/data-box
-#   scripts/organism_gpu.sh fetch 4; ... fetch 8; ... fetch 12; ... fetch 16
-#   scripts/organism_gpu.sh unbundle DIR...                                 # here: organism/ and organism-cb/
+#   scripts/remote-gpu/organism_gpu.sh pair 560 cb=organism.codebook_dropout=0.5 $S --set data.out=organism/data-box
+#   scripts/remote-gpu/organism_gpu.sh pair+bundle 330 cb=organism.codebook_dropout=0.5 $S --set data.out=organism/data-box
+#   scripts/remote-gpu/organism_gpu.sh fetch 4; ... fetch 8; ... fetch 12; ... fetch 16
+#   scripts/remote-gpu/organism_gpu.sh unbundle DIR...                                 # here: organism/ and organism-cb/
 #
 # Every mode:
-#   scripts/organism_gpu.sh distill  the organism's Mimi distilled from Whisper tiny.en (issue #16);
+#   scripts/remote-gpu/organism_gpu.sh distill  the organism's Mimi distilled from Whisper tiny.en (issue #16);
 #                                    carry .whl and artifacts/organism/distill/prepared (made here by
 #                                    `invoke organism --config configs/organism.yaml --stage prepare-distill`);
 #                                    the Mimi's shards and figures.json land in $OUT: put them into
 #                                    artifacts/organism/distill/mimi/, then `--prepare` packs the codes here
-#   scripts/organism_gpu.sh distill+dataset+pack SECONDS [--set ...]
+#   scripts/remote-gpu/organism_gpu.sh distill+dataset+pack SECONDS [--set ...]
 #                                  the same, while the box's CPUs build the organism's dataset (espeak-ng
 #                                  only) and time it, then packs that dataset with the new Mimi for at most
 #                                  SECONDS (the pack's rate on the box: pack.log); `--set organism.mimi_arch=standard
 #                                  --set organism.card=2048` distills Kyutai's standard Mimi (then pass the
 #                                  same --set options to `base` and `lora+bundle`, with --set data.out=organism/data-box)
-#   scripts/organism_gpu.sh pair SECONDS NAME=KEY=VALUE,... [--set ...]
+#   scripts/remote-gpu/organism_gpu.sh pair SECONDS NAME=KEY=VALUE,... [--set ...]
 #                                  after distill+dataset+pack: the pack's rest, the held-out pack, then the default
 #                                  organism and organism-NAME (its base with those --set options) side by side, each
 #                                  base scored on the held-out pack every 250 steps, then each fine-tuned by the
 #                                  config's LoRA; all within SECONDS, resumable by the same call again
-#   scripts/organism_gpu.sh pair+bundle SECONDS NAME=KEY=VALUE,... [--set ...]
+#   scripts/remote-gpu/organism_gpu.sh pair+bundle SECONDS NAME=KEY=VALUE,... [--set ...]
 #                                  the same, then (once both LoRAs exist) `bundle` of both and `fetch 0`
-#   scripts/organism_gpu.sh lora+bundle [--set ...]
+#   scripts/remote-gpu/organism_gpu.sh lora+bundle [--set ...]
 #                                  on the warm box after `base`: the LoRA, then `bundle` and `fetch 0`
-#   scripts/organism_gpu.sh bundle / fetch N
+#   scripts/remote-gpu/organism_gpu.sh bundle / fetch N
 #                                  what a standard-Mimi run brings back does not fit one call (the box returns
 #                                  8 files of at most 16 MiB, 64 MiB in all): `bundle` tars the trained base
 #                                  without its Mimi, the distilled Mimi's shards (bf16: the base's Mimi in
 #                                  float32), the LoRA and the logs into 15 MiB parts; `fetch N` returns parts
 #                                  N..N+3 (call it again with N+4 while the box is warm); then here:
-#   scripts/organism_gpu.sh unbundle DIR...   (this machine) checks the parts' sha256, unpacks them into
+#   scripts/remote-gpu/organism_gpu.sh unbundle DIR...   (this machine) checks the parts' sha256, unpacks them into
 #                                  artifacts/ and rebuilds the base's Mimi (`invoke organism --stage restore-mimi`,
 #                                  checked against the box's hash); then merge, export and eval here
-#   scripts/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
+#   scripts/remote-gpu/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
 #                                  steps; at the default 4,500 run `base`, then `lora`, as two calls)
-#   scripts/organism_gpu.sh base [--set ...]   the base alone (resumes a cut-off pack or run);
+#   scripts/remote-gpu/organism_gpu.sh base [--set ...]   the base alone (resumes a cut-off pack or run);
 #                                  then `lora` or `lora+bundle` in a second call
-#   scripts/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none][@PACK|@recorded] ...
+#   scripts/remote-gpu/organism_gpu.sh bases NAME=STEPS[:KEY=VALUE,...|:none][@PACK|@recorded] ...
 #                                  bases of the carried init/ and pack (or PACK, e.g. an augmented one from
 #                                  `invoke pack --set data.augment_copies=1`; @recorded: the carried pack without
 #                                  its augmented copies, train.augmented=false) trained for STEPS side by side, each
@@ -65,7 +67,7 @@
 #                                  (`invoke pack --split eval --out ...`, carried) every 250 steps, then
 #                                  fine-tuned with those --set overrides (`none`: no fine-tune); each comes back
 #                                  as NAME-base.tar.xz (model weights, config, metrics) and NAME-lora.tar.xz
-#   scripts/organism_gpu.sh variants NAME=KEY=VALUE[,KEY=VALUE...] ...
+#   scripts/remote-gpu/organism_gpu.sh variants NAME=KEY=VALUE[,KEY=VALUE...] ...
 #                                  fine-tunes of the carried base with those --set overrides, run side by side
 #                                  on the one GPU (the organism is too small to fill it); carry .whl (without
 #                                  extra/ and espeak: 64 MiB), artifacts/organism/model and the pack; each comes
@@ -85,7 +87,7 @@ case "$1" in
   fetch)  # parts N..N+3 of the bundle (and its checksums), no setup: the box is warm
     parts=(/tmp/bundle/part-*)
     cp /tmp/bundle/SHA256SUMS "${parts[@]:$2:4}" $OUT/ && ls -la $OUT
-    [ $(($2 + 4)) -lt ${#parts[@]} ] && echo "next: scripts/organism_gpu.sh fetch $(($2 + 4)) (${#parts[@]} parts)"
+    [ $(($2 + 4)) -lt ${#parts[@]} ] && echo "next: scripts/remote-gpu/organism_gpu.sh fetch $(($2 + 4)) (${#parts[@]} parts)"
     exit 0 ;;
   unbundle)  # here, not on the box: DIR... hold the fetched parts
     set -e
@@ -94,8 +96,10 @@ case "$1" in
     (cd "$work" && sha256sum -c --quiet SHA256SUMS && [ "$(ls part-* | wc -l)" = "$(wc -l < SHA256SUMS)" ]) \
       || { echo "unbundle: parts missing or corrupt in ${dirs[*]}" >&2; exit 1; }
     cat "$work"/part-* | tar -C artifacts -xvf - > "$work/unpacked" || exit 1
-    ${PYTHON:-.venv/bin/python} -m invoke organism --config configs/organism.yaml --set organism.mimi_arch=standard \
-      --set organism.card=2048 --stage restore-mimi
+    # the bundle's own organism settings (bundle.sets, written by `ship`); a standard-Mimi `pair` by default
+    sets=(--set organism.mimi_arch=standard --set organism.card=2048)
+    [ -f artifacts/organism/bundle.sets ] && mapfile -t sets < artifacts/organism/bundle.sets
+    ${PYTHON:-.venv/bin/python} -m invoke organism --config configs/organism.yaml "${sets[@]}" --stage restore-mimi
     for variant in $(grep -o "^organism-[^/]*/model.mimi.sha256$" "$work/unpacked" | cut -d/ -f1); do
       # a `pair` variant, trained on the same Mimi as organism/
       cp artifacts/organism/model/mimi-*.safetensors "artifacts/$variant/model/"
@@ -252,7 +256,7 @@ bundle() {  # organism/ and any organism-NAME/ beside it (from `pair`): their ba
   for o in organism $(cd artifacts && ls -d organism-* 2>/dev/null); do
     [ -f artifacts/$o/model/config.json ] || continue
     (cd artifacts/$o/model && sha256sum mimi-*.safetensors) > artifacts/$o/model.mimi.sha256
-    files+=($o/model $o/model.mimi.sha256 $o/run/metrics.jsonl)
+    files+=($o/model $o/model.mimi.sha256 $o/run/metrics.jsonl $(cd artifacts && ls $o/bundle.sets 2>/dev/null))
     for f in base.log lora.log runs/lora/final/lora.safetensors runs/lora/final/config.json runs/lora/metrics.jsonl; do
       [ -f artifacts/$o/$f ] && files+=($o/$f)
     done
@@ -262,8 +266,28 @@ bundle() {  # organism/ and any organism-NAME/ beside it (from `pair`): their ba
   (cd $b && sha256sum part-*) > $b/SHA256SUMS
   echo "bundle: $(ls $b/part-* | wc -l) parts, $(du -sh $b | cut -f1)"
 }
+ship() {  # SECONDS [--set ...]: after distill+dataset+pack on this warm machine, the pack's rest, the base and
+          # its LoRA within SECONDS, then the bundle (Mimi shards, base, LoRA, logs) and `fetch 0`. Resumable:
+          # the same call again continues the base from its last checkpoint.
+  local until=$((SECONDS + $1)) root=artifacts/organism lora_s=110
+  if [ ! -f $root/model/config.json ]; then
+    timeout $((until - lora_s - 25 - SECONDS)) python3 -m invoke organism --config configs/organism.yaml \
+      --set data.out=organism/data-box "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/base.log
+    echo "base: $(tail -1 $root/base.log)"
+    [ -f $root/model/config.json ] || { echo "the base is unfinished: run the same call again" >&2; return 1; }
+  fi
+  if [ ! -f $root/runs/lora/final/lora.safetensors ]; then
+    timeout $((until - 25 - SECONDS)) python3 -m invoke train --config configs/organism.yaml --resume \
+      --set train.data=organism/train.pack.safetensors "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/lora.log
+    echo "lora: $(tail -1 $root/lora.log)"
+  fi
+  printf '%s\n' "${@:2}" > $root/bundle.sets
+  cp $root/base.log $root/lora.log $OUT/ 2>/dev/null
+  [ -f $root/runs/lora/final/lora.safetensors ] || { echo "the LoRA is unfinished: run the same call again" >&2; return 1; }
+}
 case "$1" in
   distill) distill 460 "${@:2}" ;;
+  ship) ship "${@:2}" && bundle && bash "$0" fetch 0 ;;
   # the distillation with the dataset built beside it on the box's CPUs (how long the whole run on
   # the box would spend on data), then packing that dataset with the new Mimi for $2 seconds
   distill+dataset+pack) dataset 400 > $OUT/dataset.log 2>&1 & distill 460 "${@:3}"; wait; cat $OUT/dataset.log
@@ -278,5 +302,5 @@ case "$1" in
   pair+bundle) pair "${@:2}" && paired && bundle && bash "$0" fetch 0 ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/organism_gpu.sh distill|distill+dataset+pack|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/remote-gpu/organism_gpu.sh distill|distill+dataset+pack|ship|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
 esac
