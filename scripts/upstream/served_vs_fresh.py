@@ -170,6 +170,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="first N clips only (0: all)")
     parser.add_argument("--label", default="", help="what this run is (e.g. 'moshi 0.6.4 patched'), for the summary")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--dump-pcm", type=Path, help="only write each stream's audio to DIR/NNN.f32 (raw "
+                        "little-endian f32, in the order streamed: the test signal first) for the Rust repro, and exit")
     parser.add_argument("--server-bin", type=Path,
                         help="also stream through this moshi-server binary (MODEL must be servable: the standard Mimi)")
     args = parser.parse_args()
@@ -182,6 +184,15 @@ def main() -> int:
 
     ckpt = open_model(args.model)
     refs = clip_references(args.clips, args.split, args.limit)
+    if args.dump_pcm:
+        args.dump_pcm.mkdir(parents=True, exist_ok=True)
+        for old in args.dump_pcm.glob("*.f32"):
+            old.unlink()
+        streams = [test_audio()] + [with_flush(read_audio(Path(r.path)), FLUSH_SECONDS) for r in refs]
+        for i, pcm in enumerate(streams):
+            np.asarray(pcm, dtype="<f4").tofile(args.dump_pcm / f"{i:03d}.f32")
+        (args.dump_pcm / "index.json").write_text(json.dumps(["verify-candle test audio"] + [r.id for r in refs]))
+        return 0
     fresh = candle_bridge.Streamer(str(ckpt), "f32", "cpu")
     server = candle_bridge.ServerStreamer(str(ckpt), ckpt.delay_frames, "cpu")
     with contextlib.ExitStack() as stack:

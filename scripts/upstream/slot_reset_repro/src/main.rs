@@ -3,13 +3,14 @@
 //! Built by scripts/upstream/slot_reset_patch.sh (which writes this crate's Cargo.toml) once
 //! against moshi 0.6.4 as published and once against the patched copy.
 //!
-//!     slot_reset_repro <mimi.safetensors | checkpoint dir> [n_q] [audio.f32]
+//!     slot_reset_repro <mimi.safetensors | checkpoint dir> [n_q] [audio.f32 ...]
 //!
 //! A .safetensors file is loaded as moshi-server loads Kyutai's Mimi (`moshi::mimi::load_b`,
 //! `Config::v0_1`, n_q codebooks, default 32); a directory is an stt-numerals checkpoint (its
 //! own Mimi config, read by candle_bridge). Uses only moshi's public API, f32 on the CPU.
-//! audio.f32: the signal to encode (raw little-endian f32 at 24 kHz, whole frames; the script
-//! passes verify-candle's test signal), else 212 frames of deterministic noise.
+//! audio.f32: the signals to encode (raw little-endian f32 at 24 kHz, whole frames; the script
+//! passes verify-candle's test signal, then each clip as it is streamed), else 212 frames of
+//! deterministic noise. Checks 1 and 3 run on each, check 2 on the first.
 //!
 //! Checks:
 //! 1. `slot reset`: batch 1 as the server runs it (two silent warm-up frames, then
@@ -103,8 +104,8 @@ fn stream(mimi: &mut Mimi, pcm: &[f32], len: usize) -> Result<Vec<Vec<u32>>> {
     frames_of(pcm, len).into_iter().map(|f| Ok(step(mimi, &[Some(f)], len)?[0].clone().unwrap())).collect()
 }
 
-/// Check 1: fresh Mimi against warm-up + `reset_batch_idx`, frame by frame.
-fn slot_reset(model: &Model, pcm: &[f32]) -> Result<Vec<bool>> {
+/// Check 1: fresh Mimi against warm-up + `reset_batch_idx`, frame by frame (printed if `show`).
+fn slot_reset(model: &Model, pcm: &[f32], show: bool) -> Result<Vec<bool>> {
     let len = model.frame_samples();
     let fresh = stream(&mut model.batched(1)?, pcm, len)?;
     let mut served = model.batched(1)?;
@@ -115,6 +116,9 @@ fn slot_reset(model: &Model, pcm: &[f32]) -> Result<Vec<bool>> {
     served.reset_batch_idx(0, 1)?;
     let served = stream(&mut served, pcm, len)?;
     let equal: Vec<bool> = fresh.iter().zip(&served).map(|(f, s)| f == s).collect();
+    if !show {
+        return Ok(equal);
+    }
     for (i, (f, s)) in fresh.iter().zip(&served).take(SHOWN).enumerate() {
         let shown = f.len().min(8);
         println!("slot reset, frame {i}: fresh {:?}.. served {:?}.. {}", &f[..shown], &s[..shown],
@@ -163,7 +167,7 @@ fn other_slot(model: &Model, a: &[f32], b: &[f32]) -> Result<(bool, bool)> {
 }
 
 /// Check 3: fresh batched against fresh unbatched Mimi; the frames whose codes differ.
-fn batched_vs_unbatched(model: &Model, pcm: &[f32]) -> Result<Vec<usize>> {
+fn batched_vs_unbatched(model: &Model, pcm: &[f32], show: bool) -> Result<Vec<usize>> {
     let len = model.frame_samples();
     let batched = stream(&mut model.batched(1)?, pcm, len)?;
     let mut plain = Mimi::new(model.cfg.clone(), model.weights()?)?;
@@ -176,8 +180,10 @@ fn batched_vs_unbatched(model: &Model, pcm: &[f32]) -> Result<Vec<usize>> {
             different.push(i)
         }
     }
-    println!("batched vs unbatched fresh Mimi (information), frames 0-{}: {} different {:?}",
-             batched.len() - 1, different.len(), &different[..different.len().min(10)]);
+    if show {
+        println!("batched vs unbatched fresh Mimi (information), frames 0-{}: {} different {:?}",
+                 batched.len() - 1, different.len(), &different[..different.len().min(10)]);
+    }
     Ok(different)
 }
 
@@ -192,8 +198,8 @@ fn read_f32(path: &Path, len: usize) -> Result<Vec<f32>> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() < 2 || args.len() > 4 {
-        bail!("usage: {} <mimi.safetensors | checkpoint dir> [n_q (default 32, .safetensors only)] [audio.f32]",
+    if args.len() < 2 {
+        bail!("usage: {} <mimi.safetensors | checkpoint dir> [n_q (default 32, .safetensors only)] [audio.f32 ...]",
               args[0])
     }
     let n_q = match args.get(2) {
@@ -202,21 +208,30 @@ fn main() -> Result<()> {
     };
     let model = Model::open(Path::new(&args[1]), n_q)?;
     let len = model.frame_samples();
-    let a = match args.get(3) {
-        Some(path) => read_f32(Path::new(path), len)?,
-        None => noise(1, FRAMES * len),
-    };
+    let inputs: Vec<String> = if args.len() > 3 { args[3..].to_vec() } else { vec!["noise".into()] };
     let b = noise(2, (SHOWN + 2) * len);
-    let frames = slot_reset(&model, &a)?;
-    let (slot0, slot1) = other_slot(&model, &a[..SHOWN * len], &b)?;
-    let unbatched = batched_vs_unbatched(&model, &a)?;
-    let ok = frames.iter().all(|&e| e) && slot0 && slot1;
+    let (mut ok, mut streams) = (true, vec![]);
+    for (k, input) in inputs.iter().enumerate() {
+        let a = if input == "noise" { noise(1, FRAMES * len) } else { read_f32(Path::new(input), len)? };
+        let frames = slot_reset(&model, &a, k == 0)?;
+        if k == 0 {
+            let (slot0, slot1) = other_slot(&model, &a[..SHOWN.min(a.len() / len) * len], &b)?;
+            ok &= slot0 && slot1;
+            streams.push(serde_json::json!({"other_slot": {"reset_slot_fresh": slot0, "streaming_slot_unchanged": slot1}}));
+        }
+        let reset_different: Vec<usize> = (0..frames.len()).filter(|&i| !frames[i]).collect();
+        ok &= reset_different.is_empty();
+        let unbatched = batched_vs_unbatched(&model, &a, k == 0)?;
+        streams.push(serde_json::json!({"input": input, "frames": frames.len(),
+            "reset_frames_different": reset_different, "batched_vs_unbatched_frames_different": unbatched}));
+    }
+    if inputs.len() > 1 {
+        let reset: usize = streams.iter().filter(|s| s["reset_frames_different"].as_array().is_some_and(|a| !a.is_empty())).count();
+        println!("all {} inputs: slot reset differs from a fresh Mimi on {} of them", inputs.len(), reset);
+    }
     println!("{}", serde_json::json!({
-        "model": args[1], "moshi": option_env!("MOSHI_SOURCE").unwrap_or("unknown"),
-        "frames_equal": frames.iter().filter(|&&e| e).count(), "frames": frames.len(),
-        "frame0_equal": frames[0],
-        "other_slot": {"reset_slot_fresh": slot0, "streaming_slot_unchanged": slot1}, "fresh_after_reset": ok,
-        "batched_vs_unbatched_frames_different": unbatched, "input": args.get(3).map_or("noise", |s| s.as_str()),
+        "model": args[1], "moshi": option_env!("MOSHI_SOURCE").unwrap_or("unknown"), "fresh_after_reset": ok,
+        "streams": streams,
     }));
     std::process::exit(if ok { 0 } else { 1 })
 }
