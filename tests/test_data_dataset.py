@@ -243,16 +243,18 @@ def espeak_built(module_tmp):
 
 def _same_utterances(a: Path, b: Path, rels: list[str]) -> None:
     """The same prompt, voice, voice settings and silences. Not the same samples: espeak-ng's
-    synthesis of one text varies by a few samples from call to call (measured: 113,859, 113,867 and
-    113,989 samples for one prompt in one process), so the word timings agree to within 10 ms."""
+    synthesis of one text varies from call to call (measured: 113,859, 113,867 and 113,989 samples
+    for one prompt in one process; in a CI run a 1.52 s word sequence came out 16 ms shorter), so
+    each word time agrees within 10 ms plus 2 % of the time (the drift accumulates along the clip)."""
     for rel in rels:
         la, lb = _labels(a, rel), _labels(b, rel)
         times = lambda lab: np.array([t for _, t, _ in lab["alignments"]])  # noqa: E731
-        assert np.abs(times(la) - times(lb)).max() <= 0.01, rel
+        assert (np.abs(times(la) - times(lb)) <= 0.01 + 0.02 * times(lb)).all(), rel
         assert [w for w, *_ in la["alignments"]] == [w for w, *_ in lb["alignments"]], rel
         strip = lambda lab: {k: v for k, v in lab.items() if k != "alignments"}  # noqa: E731
         assert strip(la) == strip(lb), rel
-        assert abs(sf.info(str(a / rel)).frames - sf.info(str(b / rel)).frames) <= 0.01 * 24000, rel
+        frames_a, frames_b = sf.info(str(a / rel)).frames, sf.info(str(b / rel)).frames
+        assert abs(frames_a - frames_b) <= 0.01 * 24000 + 0.02 * frames_b, rel
 
 
 def test_an_eval_only_build_writes_the_very_files_of_a_full_builds_eval_split(espeak_built, tmp_path):
