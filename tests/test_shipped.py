@@ -148,7 +148,7 @@ def test_a_shipped_tiny_organism_materializes_as_its_base_and_its_merged_fine_tu
     import torch
     from safetensors.torch import load_file
 
-    from pipeline.checkpoint import Checkpoint, to_legacy_names
+    from pipeline.checkpoint import Checkpoint
     from pipeline.distill import save_shards
     from pipeline.lora import apply_lora, save_adapter
     from pipeline.merge import merge
