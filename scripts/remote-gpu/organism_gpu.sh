@@ -58,10 +58,14 @@
 #   scripts/remote-gpu/organism_gpu.sh unbundle DIR...   (this machine) checks the parts' sha256, unpacks them into
 #                                  artifacts/ and rebuilds the base's Mimi (`invoke organism --stage restore-mimi`,
 #                                  checked against the box's hash); then merge, export and eval here
+#   scripts/remote-gpu/organism_gpu.sh ship-prep SECONDS [--set ...]
+#                                  distill+dataset+pack without the Mimi's figures (the probe and the k-means
+#                                  baseline: about 2 min), for calls on short device time
 #   scripts/remote-gpu/organism_gpu.sh ship SECONDS [--set ...]
-#                                  after distill+dataset+pack: the pack's rest, the base and its LoRA within
-#                                  SECONDS (the LoRA keeps 110 s), then `bundle` and `fetch 0`; resumable;
-#                                  writes organism/bundle.sets so `unbundle` rebuilds the same Mimi
+#                                  after distill+dataset+pack or ship-prep: the pack's rest, then the base with
+#                                  as many steps as fit SECONDS (STEPS_PER_S, MAX_STEPS) and its LoRA
+#                                  (LORA_STEPS), then `bundle` and `fetch 0`; resumable; writes
+#                                  organism/bundle.sets so `unbundle` rebuilds the same Mimi
 #   scripts/remote-gpu/organism_gpu.sh all    base then LoRA in one call (about 8.5 min on an H200 at 3,000 base
 #                                  steps; at the default 4,500 run `base`, then `lora`, as two calls)
 #   scripts/remote-gpu/organism_gpu.sh base [--set ...]   the base alone (resumes a cut-off pack or run);
@@ -161,7 +165,7 @@ pack() {  # the code pack of the box-built dataset with the distilled Mimi, for 
 dataset() {  # the organism's dataset built on the box: espeak-ng only (piper's wheels do not travel)
   local start=$SECONDS
   timeout "$1" python3 -m invoke data --config configs/organism.yaml --set data.piper_fraction=0 \
-    --set data.out=organism/data-box 2>&1 | tr "\r" "\n" | grep -v "utt/s\]$" | tail -5
+    --set data.out=organism/data-box "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "utt/s\]$" | tail -5
   echo "dataset on the box: $((SECONDS - start)) s, $(du -sh artifacts/organism/data-box | cut -f1)," \
     "$(wc -l < artifacts/organism/data-box/train.jsonl) train utterances, $(nproc) CPU cores"
 }
@@ -273,31 +277,59 @@ bundle() {  # organism/ and any organism-NAME/ beside it (from `pair`): their ba
   (cd $b && sha256sum part-*) > $b/SHA256SUMS
   echo "bundle: $(ls $b/part-* | wc -l) parts, $(du -sh $b | cut -f1)"
 }
-ship() {  # SECONDS [--set ...]: after distill+dataset+pack on this warm machine, the pack's rest, the base and
-          # its LoRA within SECONDS, then the bundle (Mimi shards, base, LoRA, logs) and `fetch 0`. Resumable:
-          # the same call again continues the base from its last checkpoint.
-  local until=$((SECONDS + $1)) root=artifacts/organism lora_s=110
+ship() {  # SECONDS [--set ...]: after distill+dataset+pack (or ship-prep) on this warm machine, the pack's
+          # rest, the base and its LoRA within SECONDS, then the bundle (Mimi shards, base, LoRA, logs) and
+          # `fetch 0`. The base gets as many steps as fit the time left at STEPS_PER_S (default 11, an H100's
+          # pace with the small Mimi) up to MAX_STEPS (default 4,500); the LoRA LORA_STEPS (default 1,000).
+          # Resumable: the same call again continues the base from its last checkpoint.
+  local until=$((SECONDS + $1)) root=artifacts/organism lora_steps=${LORA_STEPS:-1000} steps
+  local lora_s=$((25 + lora_steps / 11))
+  timeout $((until - lora_s - 60 - SECONDS)) python3 -m invoke organism --config configs/organism.yaml --stage pack \
+    --set data.out=organism/data-box "${@:2}" 2>&1 | tr "\r" "\n" | { grep -v "^\s*$" || true; } >> $OUT/pack.log \
+    || { echo "the pack is unfinished: run the same call again" >&2; tail -2 $OUT/pack.log; return 1; }
+  if [ -f $root/base.steps ]; then steps=$(cat $root/base.steps)  # a resumed base keeps its schedule
+  else
+    steps=$(( (until - lora_s - 25 - 30 - SECONDS) * ${STEPS_PER_S:-11} ))
+    [ $steps -gt ${MAX_STEPS:-4500} ] && steps=${MAX_STEPS:-4500}
+    echo $steps > $root/base.steps
+  fi
+  local sets=("${@:2}" --set organism.steps=$steps --set train.steps=$lora_steps)
+  echo "base: $steps steps, LoRA: $lora_steps steps ($(date -u +%T))"
   if [ ! -f $root/model/config.json ]; then
     timeout $((until - lora_s - 25 - SECONDS)) python3 -m invoke organism --config configs/organism.yaml \
-      --set data.out=organism/data-box "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/base.log
+      --set data.out=organism/data-box "${sets[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/base.log
     echo "base: $(tail -1 $root/base.log)"
     [ -f $root/model/config.json ] || { echo "the base is unfinished: run the same call again" >&2; return 1; }
   fi
   if [ ! -f $root/runs/lora/final/lora.safetensors ]; then
     timeout $((until - 25 - SECONDS)) python3 -m invoke train --config configs/organism.yaml --resume \
-      --set train.data=organism/train.pack.safetensors "${@:2}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/lora.log
+      --set train.data=organism/train.pack.safetensors "${sets[@]}" 2>&1 | tr "\r" "\n" | grep -v "step/s" >> $root/lora.log
     echo "lora: $(tail -1 $root/lora.log)"
   fi
-  printf '%s\n' "${@:2}" > $root/bundle.sets
+  printf '%s\n' "${sets[@]}" > $root/bundle.sets
   cp $root/base.log $root/lora.log $OUT/ 2>/dev/null
   [ -f $root/runs/lora/final/lora.safetensors ] || { echo "the LoRA is unfinished: run the same call again" >&2; return 1; }
+}
+distill_only() {  # SECONDS [--set ...]: the Mimi's distillation without its figures (`--stage distill` adds them)
+  local overrides=() a
+  for a in "${@:2}"; do [ "$a" != --set ] && overrides+=("$a"); done
+  timeout "$1" python3 -c "import sys
+from pipeline.config import load_config
+from pipeline.distill import distill_mimi
+distill_mimi(load_config('configs/organism.yaml', sys.argv[1:]))" "${overrides[@]}" 2>&1 \
+    | tr "\r" "\n" | tee $OUT/distill.log | grep -v "it/s\]$" | tail -8
+  date -u
 }
 case "$1" in
   distill) distill 460 "${@:2}" ;;
   ship) ship "${@:2}" && bundle && bash "$0" fetch 0 ;;
   # the distillation with the dataset built beside it on the box's CPUs (how long the whole run on
   # the box would spend on data), then packing that dataset with the new Mimi for $2 seconds
-  distill+dataset+pack) dataset 400 > $OUT/dataset.log 2>&1 & distill 460 "${@:3}"; wait; cat $OUT/dataset.log
+  distill+dataset+pack) dataset 400 "${@:3}" > $OUT/dataset.log 2>&1 & distill 460 "${@:3}"; wait; cat $OUT/dataset.log
+    pack "$2" "${@:3}" ;;
+  # ship's first call when device time is short: the distillation without its figures, the dataset beside
+  # it, then the pack for at most SECONDS
+  ship-prep) dataset 400 "${@:3}" > $OUT/dataset.log 2>&1 & distill_only 400 "${@:3}"; wait; cat $OUT/dataset.log
     pack "$2" "${@:3}" ;;
   all) base 430 && lora 140 ;;
   base) base 560 "${@:2}" ;;
@@ -309,5 +341,5 @@ case "$1" in
   pair+bundle) pair "${@:2}" && paired && bundle && bash "$0" fetch 0 ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/remote-gpu/organism_gpu.sh distill|distill+dataset+pack|ship|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/remote-gpu/organism_gpu.sh distill|distill+dataset+pack|ship-prep|ship|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
 esac
