@@ -61,6 +61,9 @@
 #   scripts/remote-gpu/organism_gpu.sh ship-prep SECONDS [--set ...]
 #                                  distill+dataset+pack without the Mimi's figures (the probe and the k-means
 #                                  baseline: about 2 min), for calls on short device time
+#   scripts/remote-gpu/organism_gpu.sh ship-all SECONDS [--set ...]
+#                                  ship-prep's distillation and dataset, then ship in the time left of SECONDS:
+#                                  the whole organism in one call
 #   scripts/remote-gpu/organism_gpu.sh ship SECONDS [--set ...]
 #                                  after distill+dataset+pack or ship-prep: the pack's rest, then the base with
 #                                  as many steps as fit SECONDS (STEPS_PER_S, MAX_STEPS) and its LoRA
@@ -331,6 +334,10 @@ case "$1" in
   # it, then the pack for at most SECONDS
   ship-prep) dataset 400 "${@:3}" > $OUT/dataset.log 2>&1 & distill_only 400 "${@:3}"; wait; cat $OUT/dataset.log
     pack "$2" "${@:3}" ;;
+  # the whole organism in one call (SECONDS after the wheels' install) when device time allows no second
+  # call: ship-prep's distillation and dataset, then ship with the time left
+  ship-all) start=$SECONDS; dataset 300 "${@:3}" > $OUT/dataset.log 2>&1 & distill_only 300 "${@:3}"; wait
+    tail -1 $OUT/dataset.log; ship $(($2 - (SECONDS - start))) "${@:3}" && bundle && bash "$0" fetch 0 ;;
   all) base 430 && lora 140 ;;
   base) base 560 "${@:2}" ;;
   lora) lora 560 "${@:2}" ;;
@@ -341,5 +348,5 @@ case "$1" in
   pair+bundle) pair "${@:2}" && paired && bundle && bash "$0" fetch 0 ;;
   variants) variants "${@:2}" ;;
   bases) bases "${@:2}" ;;
-  *) echo "usage: scripts/remote-gpu/organism_gpu.sh distill|distill+dataset+pack|ship-prep|ship|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
+  *) echo "usage: scripts/remote-gpu/organism_gpu.sh distill|distill+dataset+pack|ship-prep|ship|ship-all|all|base|lora|lora+bundle|pair|pair+bundle|bundle|fetch|unbundle|variants|bases" >&2; exit 2 ;;
 esac
