@@ -334,10 +334,10 @@ case "$1" in
   # it, then the pack for at most SECONDS
   ship-prep) dataset 400 "${@:3}" > $OUT/dataset.log 2>&1 & distill_only 400 "${@:3}"; wait; cat $OUT/dataset.log
     pack "$2" "${@:3}" ;;
-  # the whole organism in one call (SECONDS after the wheels' install) when device time allows no second
+  # the whole organism in one call (SECONDS from the script's start) when device time allows no second
   # call: ship-prep's distillation and dataset, then ship with the time left
-  ship-all) start=$SECONDS; dataset 300 "${@:3}" > $OUT/dataset.log 2>&1 & distill_only 300 "${@:3}"; wait
-    tail -1 $OUT/dataset.log; ship $(($2 - (SECONDS - start))) "${@:3}" && bundle && bash "$0" fetch 0 ;;
+  ship-all) dataset 300 "${@:3}" > $OUT/dataset.log 2>&1 & distill_only 300 "${@:3}"; wait
+    tail -1 $OUT/dataset.log; ship $(($2 - SECONDS)) "${@:3}" && bundle && bash "$0" fetch 0 ;;
   all) base 430 && lora 140 ;;
   base) base 560 "${@:2}" ;;
   lora) lora 560 "${@:2}" ;;
