@@ -337,7 +337,9 @@ case "$1" in
   # the whole organism in one call (SECONDS from the script's start) when device time allows no second
   # call: ship-prep's distillation and dataset, then ship with the time left
   ship-all) dataset 300 "${@:3}" > $OUT/dataset.log 2>&1 & distill_only 300 "${@:3}"; wait
-    tail -1 $OUT/dataset.log; ship $(($2 - SECONDS)) "${@:3}" && bundle && bash "$0" fetch 0 ;;
+    tail -1 $OUT/dataset.log; ship $(($2 - SECONDS)) "${@:3}"; ok=$?
+    (cd $OUT && tar -czf logs.tgz *.log && rm -f *.log)  # the box returns 8 files: the bundle's parts come first
+    [ $ok = 0 ] && bundle && bash "$0" fetch 0 ;;
   all) base 430 && lora 140 ;;
   base) base 560 "${@:2}" ;;
   lora) lora 560 "${@:2}" ;;
