@@ -84,10 +84,16 @@ def test_eval_is_on_held_out_prompts(experiment):
     assert written["eval"] and not written["eval"] & written["train"]
 
 
-# Held-out number spans written with digits, base -> fine-tune, measured on this CPU, 2026-12-02:
-# seed 7 (CI's) 30 % -> 5 %, seed 11 38 % -> 2 %, seed 13 14 % -> 3 %. Bars with room under each:
-# the base writes digits in at least 10 % of spans, the fine-tune in at most half as many.
-MIN_BASE_DIGITS, MAX_DIGIT_RATIO = 0.1, 0.5
+# Held-out number spans written with digits, base -> fine-tune. On dataset generator v2 (one seeded
+# generator per prompt, 2026-12-07), this CPU: seed 7 (CI's) 9.3 % -> 0 % and 18.6 % -> 2.3 % in two
+# runs (espeak-ng is not bit-exact from run to run, so the same seed trains a slightly different
+# organism), seed 11 15.6 % -> 2.2 %, seed 13 11.4 % -> 5.7 % (4 -> 2 of 35 spans); CI's machine
+# 9.3 % -> 0 %. (Generator v1, 2026-12-02: 30 -> 5 %, 38 -> 2 %, 14 -> 3 %.) The base recognizes few
+# held-out numbers at this scale, so these are counts of 4-8 spans: bars with room under the worst
+# run: the base writes digits in at least 5 % of spans, the fine-tune in at most three quarters as many.
+# The strong form of this claim is asserted where the organism recognizes its input (the training
+# clips, `test_on_its_training_clips_the_fine_tune_writes_words_and_is_cut_off_less`).
+MIN_BASE_DIGITS, MAX_DIGIT_RATIO = 0.05, 0.75
 
 
 def test_digits_before_words_after(experiment):
@@ -98,19 +104,24 @@ def test_digits_before_words_after(experiment):
     assert cand["exact_share"] >= base["exact_share"]
 
 
-def test_the_base_is_cut_off_mid_dictation(experiment):
-    """The problem the fine-tune is for shows in the base: its pause head fires during most
-    dictations (50-68 % of them in the four CPU runs measured, 2026-12-01).
+MIN_BASE_CUT = 0.25
 
-    Whether the fine-tune then cuts off fewer dictations is NOT asserted at this scale: the same
-    recipe on three dataset seeds and on CI's CPU gave 27 -> 17, 20 -> 18, 22 -> 22 dictations
-    cut and 49 -> 31, 42 -> 51, 57 -> 63, 39 -> 39 cut-offs inside numbers (400 LoRA steps or
-    head-loss weight 2 did not make it consistent). A model trained for two CPU minutes cuts
-    callers off mostly because it recognizes poorly, not because of the digit habit; the effect
-    needs a credible organism (issue #16)."""
+
+def test_the_base_is_cut_off_mid_dictation(experiment):
+    """The problem the fine-tune is for shows in the base: its pause head fires during many held-out
+    dictations. Generator v2 (2026-12-07), this CPU: seed 7 42.5 % and 47.5 % (two runs), seed 11
+    59.0 %, seed 13 55.9 %; CI's machine 32.5 %. (Generator v1, 2026-12-01: 50-68 % in four runs.)
+    The bar, 25 %, leaves room under the worst.
+
+    Whether the fine-tune then cuts off fewer held-out dictations is NOT asserted at this scale: on
+    generator v2 the four runs here gave 42.5 -> 20.0, 47.5 -> 30.0, 59.0 -> 46.2, 55.9 -> 58.8 %;
+    on v1, three dataset seeds and CI's CPU gave 27 -> 17, 20 -> 18, 22 -> 22 dictations cut (400
+    LoRA steps or head-loss weight 2 did not make it consistent). A model trained for two CPU minutes
+    cuts callers off mostly because it recognizes poorly, not because of the digit habit;
+    the effect needs a credible organism (docs/organism/README.md)."""
     base = experiment["summary"]["base"]["vad"]["threshold"]
     assert base["dictations"] >= 20
-    assert base["dictations_cut_share"] >= 0.4
+    assert base["dictations_cut_share"] >= MIN_BASE_CUT
     # Every figure of the cut-off table, for both models, is the count of what the per-utterance
     # records say (recounted here from metrics.json's utterances, not through `summarize`).
     for model in ("base", "candidate"):
