@@ -294,6 +294,7 @@ ship() {  # SECONDS [--set ...]: after distill+dataset+pack (or ship-prep) on th
   else
     steps=$(( (until - lora_s - 25 - 30 - SECONDS) * ${STEPS_PER_S:-11} ))
     [ $steps -gt ${MAX_STEPS:-4500} ] && steps=${MAX_STEPS:-4500}
+    [ $steps -ge 200 ] || { echo "ship: $((until - SECONDS)) s left, too few for a base: give ship more SECONDS" >&2; return 1; }
     echo $steps > $root/base.steps
   fi
   local sets=("${@:2}" --set organism.steps=$steps --set train.steps=$lora_steps)
